@@ -1,0 +1,59 @@
+//! The `envbuild` binary: parses the command line, sets up logging and runs one command.
+//!
+//! Exit status: 0 on success, 1 on failure, 2 on a usage error (clap's own code). Errors are
+//! printed once, on stderr, as `error: ...` with their chain of causes.
+
+// A binary has no public API: `pub` inside its modules means "used by other modules".
+#![allow(unreachable_pub)]
+
+mod cli;
+mod commands;
+mod env;
+mod output;
+mod ui;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.global.verbose);
+    let result = match &cli.command {
+        Command::Validate(args) => commands::validate::run(args),
+        Command::Schema => commands::schema::run(),
+        Command::Init(args) => commands::init::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            ui::eprint_line(format!("error: {}", render_error(&err)));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `outer: inner: innermost`, with `hint:` lines kept on their own lines.
+fn render_error(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for (i, cause) in err.chain().enumerate() {
+        if i > 0 {
+            text.push_str(": ");
+        }
+        text.push_str(&cause.to_string());
+    }
+    text
+}
+
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn",
+        1 => "envbuild=debug,envbuild_schema=debug,envbuild_cache=debug,envbuild_builder=debug,info",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}

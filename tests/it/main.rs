@@ -1,0 +1,7 @@
+//! End-to-end tests of the `envbuild` binary. One test binary for link time; one module per
+//! area.
+
+// Test helpers may panic: a panic is a failed test with its message.
+#![allow(clippy::unwrap_used)]
+
+mod validate;
