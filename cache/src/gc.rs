@@ -1,0 +1,108 @@
+//! `gc`: removes chunks that no snapshot references, once they are older than a grace period.
+//!
+//! Reachability: every snapshot (manifest) is a root, as are key records and refs, which point
+//! at snapshots; a chunk is reachable when some manifest lists it. Snapshots themselves are
+//! never collected: removing one is a decision, not garbage. What `gc` removes is therefore the
+//! residue of interrupted or failed writes: chunks no manifest lists, stale leases, and the
+//! backend's own leftovers (temporary files, abandoned multipart uploads).
+//!
+//! Safety against concurrent writers has two layers. `gc` holds a lease and refuses to run
+//! beside a live writer (see `lease`), which rules out deleting a chunk a writer has just found
+//! and is about to reference. And it only deletes objects older than the grace period, so even a
+//! writer that takes no lease (an older version, a manual copy) is not cut short. If any
+//! manifest cannot be read, `gc` stops before deleting anything: it cannot know what that
+//! snapshot references.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::StreamExt;
+
+use crate::catalog;
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::layout::{self, CHUNKS};
+use crate::lease;
+use crate::restore;
+use crate::store::{ObjectMeta, Store};
+
+#[derive(Debug, Clone, Copy)]
+pub struct GcOptions {
+    pub grace: Duration,
+    pub dry_run: bool,
+    pub concurrency: usize,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct GcReport {
+    pub snapshots: usize,
+    pub chunks: usize,
+    pub reachable_chunks: usize,
+    /// Unreachable chunks removed (or, in a dry run, that would be).
+    pub removed_chunks: usize,
+    pub removed_bytes: u64,
+    /// Unreachable chunks kept because they are younger than the grace period.
+    pub young_chunks: usize,
+    pub removed_leases: usize,
+    pub removed_uploads: u64,
+}
+
+pub async fn gc(store: &Arc<dyn Store>, options: GcOptions) -> Result<GcReport> {
+    let lease = lease::acquire_gc(store).await?;
+    let result = collect(store, options).await;
+    lease.release().await;
+    result
+}
+
+async fn collect(store: &Arc<dyn Store>, options: GcOptions) -> Result<GcReport> {
+    let mut report = GcReport::default();
+    let cutoff = SystemTime::now().checked_sub(options.grace).unwrap_or(SystemTime::UNIX_EPOCH);
+    // List chunks first: a chunk stored after this listing is not a candidate at all.
+    let chunks: Vec<(Digest, ObjectMeta)> = store
+        .list(CHUNKS)
+        .await?
+        .into_iter()
+        .filter_map(|m| layout::parse_chunk(m.path.as_str()).map(|d| (d, m)))
+        .collect();
+    report.chunks = chunks.len();
+    let mut reachable: HashSet<Digest> = HashSet::new();
+    for (id, _) in catalog::list_snapshots(&**store).await? {
+        report.snapshots += 1;
+        let manifest = restore::read_manifest(&**store, &id).await.map_err(|e| {
+            Error::Busy(format!("gc stopped before deleting anything: snapshot {id} cannot be read ({e}); remove or repair it first"))
+        })?;
+        reachable.extend(manifest.chunks.iter().map(|c| c.digest));
+    }
+    report.reachable_chunks = chunks.iter().filter(|(d, _)| reachable.contains(d)).count();
+    let mut doomed = Vec::new();
+    for (digest, meta) in chunks {
+        if reachable.contains(&digest) {
+            continue;
+        }
+        if meta.last_modified > cutoff {
+            report.young_chunks += 1;
+            continue;
+        }
+        report.removed_bytes += meta.size;
+        doomed.push(meta.path);
+    }
+    report.removed_chunks = doomed.len();
+    let stale_leases = lease::stale(store).await?;
+    report.removed_leases = stale_leases.len();
+    if options.dry_run {
+        return Ok(report);
+    }
+    let deletions = futures::stream::iter(doomed.into_iter().chain(stale_leases))
+        .map(|path| {
+            let store = store.clone();
+            async move { store.delete(&path).await }
+        })
+        .buffer_unordered(options.concurrency.max(1));
+    let mut deletions = std::pin::pin!(deletions);
+    while let Some(result) = deletions.next().await {
+        result?;
+    }
+    report.removed_uploads = store.sweep_abandoned(cutoff).await?;
+    Ok(report)
+}

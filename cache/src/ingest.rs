@@ -1,0 +1,419 @@
+//! Ingest: a root filesystem tar stream in, a published snapshot out.
+//!
+//! ```text
+//!  input ─► Recorder ─► TarReader (table of contents, order check)
+//!              │
+//!              └─► Chunker ─► [bounded channel] ─► sha256 ─► exists? ─► zstd ─► put (create-only)
+//!                                                    (in parallel, results kept in order)
+//!  all chunks stored ─► manifest (canonical JSON) ─► put v1/snapshots/<sha256 of manifest>
+//! ```
+//!
+//! The scan runs on one blocking thread: the [`Recorder`] hands every byte it reads to the
+//! chunker untouched (so a canonical input is stored byte for byte and `fetch --tar` returns
+//! it exactly), while the tar reader above it builds the table of contents and checks the
+//! order. Chunks go through a channel of [`IngestOptions::concurrency`] slots to a pool of tasks
+//! that hash them, skip those already stored (no compression needed), and compress and store
+//! the rest; memory is bounded by the channel, the pool and the chunker's buffer, whatever the
+//! size of the image.
+//!
+//! Publication order makes crashes harmless: every chunk is stored before the manifest, so a
+//! visible manifest never references a missing chunk; an interrupted ingest leaves only
+//! unreferenced chunks, which `gc` removes after its grace period. A write lease keeps `gc`
+//! away for the duration (see `lease`).
+//!
+//! Input that is not in canonical order is detected on the fly. The bytes already consumed are
+//! recovered from the chunks already stored (re-read and verified) plus the chunker's buffer,
+//! the whole stream is reordered through a spill file (`tar::reorder`), and the scan runs again
+//! on the canonical stream. Docker exports are canonical, so this costs nothing in the common
+//! case and no temporary copy of the whole image is made for them.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::chunk;
+use crate::chunker::{ChunkParams, Chunker};
+use crate::digest::{Digest, SnapshotId};
+use crate::error::{Error, Result};
+use crate::layout;
+use crate::lease;
+use crate::manifest::{self, ChunkAlgorithm, ChunkRef, Chunking, Compression, Manifest, TocEntry, Zstd};
+use crate::restore;
+use crate::store::{PutMode, PutOutcome, Store};
+use crate::tar::{self, CanonicalKey, Entry, EntryKind, TarReader};
+
+/// The documents a builder attaches to a snapshot (see `manifest`).
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotMeta {
+    pub image_config: Option<Value>,
+    pub environment: Option<Value>,
+    pub keys: Option<Value>,
+}
+
+#[derive(Debug, Clone)]
+pub struct IngestOptions {
+    pub params: ChunkParams,
+    pub zstd_level: i32,
+    /// Chunks hashed, compressed and stored at once.
+    pub concurrency: usize,
+    /// Where a stream that must be reordered spills once it outgrows memory.
+    pub spill_dir: PathBuf,
+    pub meta: SnapshotMeta,
+}
+
+impl Default for IngestOptions {
+    fn default() -> Self {
+        Self {
+            params: ChunkParams::default(),
+            zstd_level: 3,
+            concurrency: default_concurrency(),
+            spill_dir: std::env::temp_dir(),
+            meta: SnapshotMeta::default(),
+        }
+    }
+}
+
+/// Two tasks per core: each alternates between CPU (hash, zstd) and waiting on the store.
+pub fn default_concurrency() -> usize {
+    std::thread::available_parallelism().map_or(2, std::num::NonZero::get) * 2
+}
+
+/// Counters a progress display can poll while an ingest or a fetch runs.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Bytes of the stream processed so far.
+    pub bytes: AtomicU64,
+    /// Bytes expected in all, 0 when unknown.
+    pub total: AtomicU64,
+    /// Chunks finished.
+    pub chunks: AtomicU64,
+}
+
+/// What an ingest did.
+#[derive(Debug, Clone)]
+pub struct IngestReport {
+    pub id: SnapshotId,
+    /// Bytes in the (canonical) stream.
+    pub bytes: u64,
+    pub entries: usize,
+    pub chunks: usize,
+    pub unique_chunks: usize,
+    /// Chunks this ingest stored (the others were already in the store).
+    pub new_chunks: usize,
+    pub new_raw_bytes: u64,
+    pub new_stored_bytes: u64,
+    /// Stored bytes of all the snapshot's distinct chunks.
+    pub stored_bytes: u64,
+    pub manifest_bytes: u64,
+    /// Whether the input had to be put in canonical order first.
+    pub reordered: bool,
+    /// False when an identical snapshot was already published.
+    pub published: bool,
+    pub elapsed: Duration,
+}
+
+/// Ingests `input` into `store` and publishes the snapshot.
+pub async fn ingest(
+    store: Arc<dyn Store>,
+    input: Box<dyn Read + Send>,
+    options: IngestOptions,
+    progress: Arc<Progress>,
+) -> Result<IngestReport> {
+    let started = Instant::now();
+    let lease = lease::acquire_write(&store).await?;
+    let result = ingest_leased(&store, input, &options, &progress, started).await;
+    lease.release().await;
+    result
+}
+
+async fn ingest_leased(
+    store: &Arc<dyn Store>,
+    input: Box<dyn Read + Send>,
+    options: &IngestOptions,
+    progress: &Arc<Progress>,
+    started: Instant,
+) -> Result<IngestReport> {
+    let mut pass = run_pass(store, input, options, progress).await?;
+    let mut reordered = false;
+    if let ScanEnd::NotCanonical { leftover, rest, path } = pass.end {
+        tracing::info!("the input is not in canonical order (at `{path}`); reordering it");
+        reordered = true;
+        let prefix = restore::ChunkReader::new(store.clone(), pass.chunks.iter().map(|c| c.chunk).collect());
+        let whole = prefix.chain(std::io::Cursor::new(leftover)).chain(rest);
+        let spill_dir = options.spill_dir.clone();
+        let canonical = tokio::task::spawn_blocking(move || tar::reorder(whole, &spill_dir))
+            .await
+            .map_err(|e| Error::Internal(format!("the reorder thread failed: {e}")))??;
+        progress.bytes.store(0, Ordering::Relaxed);
+        progress.chunks.store(0, Ordering::Relaxed);
+        pass = run_pass(store, Box::new(canonical), options, progress).await?;
+        if let ScanEnd::NotCanonical { path, .. } = pass.end {
+            return Err(Error::Internal(format!("the reordered stream is still out of order at `{path}`")));
+        }
+    }
+    let ScanEnd::Done { toc, bytes } = pass.end else { unreachable!("handled above") };
+    let chunks: Vec<ChunkRef> = pass.chunks.iter().map(|c| c.chunk).collect();
+    let manifest = Manifest {
+        format: manifest::FORMAT.to_owned(),
+        chunking: Chunking {
+            algorithm: ChunkAlgorithm::FastCdc2020,
+            min: options.params.min,
+            avg: options.params.avg,
+            max: options.params.max,
+        },
+        compression: Compression { algorithm: Zstd::Zstd, level: options.zstd_level },
+        size: bytes,
+        chunks,
+        toc,
+        image_config: options.meta.image_config.clone(),
+        environment: options.meta.environment.clone(),
+        keys: options.meta.keys.clone(),
+    };
+    manifest.check().map_err(|e| Error::Internal(format!("the new manifest fails its own checks: {e}")))?;
+    let (bytes_of_manifest, id) = manifest.encode();
+    let manifest_bytes = bytes_of_manifest.len() as u64;
+    let outcome = store.put(&layout::snapshot(&id), Bytes::from(bytes_of_manifest), PutMode::Create).await?;
+    let unique = manifest.unique_chunks();
+    let new: Vec<&StoredChunk> = {
+        let mut seen = std::collections::HashSet::new();
+        pass.chunks.iter().filter(|c| c.new && seen.insert(c.chunk.digest)).collect()
+    };
+    Ok(IngestReport {
+        id,
+        bytes,
+        entries: manifest.toc.len(),
+        chunks: manifest.chunks.len(),
+        unique_chunks: unique.len(),
+        new_chunks: new.len(),
+        new_raw_bytes: new.iter().map(|c| c.chunk.size).sum(),
+        new_stored_bytes: new.iter().map(|c| c.chunk.stored_size).sum(),
+        stored_bytes: unique.iter().map(|c| c.stored_size).sum(),
+        manifest_bytes,
+        reordered,
+        published: matches!(outcome, PutOutcome::Written { .. }),
+        elapsed: started.elapsed(),
+    })
+}
+
+/// A chunk after the store has it.
+#[derive(Debug, Clone, Copy)]
+struct StoredChunk {
+    chunk: ChunkRef,
+    /// Whether this ingest wrote it.
+    new: bool,
+}
+
+struct Pass {
+    end: ScanEnd,
+    chunks: Vec<StoredChunk>,
+}
+
+/// How a scan of the stream ended.
+enum ScanEnd {
+    Done {
+        toc: Vec<TocEntry>,
+        bytes: u64,
+    },
+    /// An entry came out of canonical order. Everything read so far went to the chunker:
+    /// into chunks already sent, or into `leftover`; `rest` is the unread input.
+    NotCanonical {
+        leftover: Vec<u8>,
+        rest: Box<dyn Read + Send>,
+        path: String,
+    },
+}
+
+async fn run_pass(
+    store: &Arc<dyn Store>,
+    input: Box<dyn Read + Send>,
+    options: &IngestOptions,
+    progress: &Arc<Progress>,
+) -> Result<Pass> {
+    let (tx, mut rx) = mpsc::channel::<Bytes>(options.concurrency.max(2));
+    let params = options.params;
+    let scan_progress = progress.clone();
+    let scan = tokio::task::spawn_blocking(move || scan(input, params, tx, &scan_progress));
+    let incoming = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let level = options.zstd_level;
+    let stored = incoming
+        .map(|raw| {
+            let store = store.clone();
+            let progress = progress.clone();
+            async move {
+                let stored = store_chunk(&store, raw, level).await;
+                progress.chunks.fetch_add(1, Ordering::Relaxed);
+                stored
+            }
+        })
+        .buffered(options.concurrency.max(1))
+        .try_collect::<Vec<_>>()
+        .await;
+    let scanned = scan.await.map_err(|e| Error::Internal(format!("the scan thread failed: {e}")))?;
+    // A store failure is the root cause when both fail: the scan then only saw the channel close.
+    let chunks = stored?;
+    let end = scanned?;
+    Ok(Pass { end, chunks })
+}
+
+/// Hashes a chunk, and compresses and stores it unless the store already has it.
+async fn store_chunk(store: &Arc<dyn Store>, raw: Bytes, level: i32) -> Result<StoredChunk> {
+    let size = raw.len() as u64;
+    let (digest, raw) = tokio::task::spawn_blocking(move || (Digest::of(&raw), raw))
+        .await
+        .map_err(|e| Error::Internal(format!("a hashing task failed: {e}")))?;
+    let path = layout::chunk(&digest);
+    let mut mode = PutMode::Create;
+    if let Some(meta) = store.head(&path).await? {
+        if meta.size > 0 && meta.size <= manifest::zstd_bound(size) {
+            return Ok(StoredChunk { chunk: ChunkRef { digest, size, stored_size: meta.size }, new: false });
+        }
+        // An implausible size means a damaged object: replace it rather than reference it.
+        tracing::warn!("chunk {digest} in {} has an impossible size ({} bytes); rewriting it", store.location(), meta.size);
+        mode = PutMode::Overwrite;
+    }
+    let stored = tokio::task::spawn_blocking(move || chunk::compress(&raw, level))
+        .await
+        .map_err(|e| Error::Internal(format!("a compression task failed: {e}")))?
+        .map_err(Error::io(format!("cannot compress chunk {digest}")))?;
+    let stored_size = stored.len() as u64;
+    match store.put(&path, Bytes::from(stored), mode).await? {
+        PutOutcome::Written { .. } => Ok(StoredChunk { chunk: ChunkRef { digest, size, stored_size }, new: true }),
+        PutOutcome::AlreadyExists => {
+            // Another writer stored it in the meantime; reference its object.
+            let meta = store.head(&path).await?.ok_or_else(|| {
+                Error::Internal(format!("chunk {digest} was reported present in {} but is gone", store.location()))
+            })?;
+            Ok(StoredChunk { chunk: ChunkRef { digest, size, stored_size: meta.size }, new: false })
+        }
+    }
+}
+
+/// Passes every byte read on to the chunker and sends completed chunks down the channel.
+struct Recorder {
+    inner: Box<dyn Read + Send>,
+    chunker: Chunker,
+    tx: mpsc::Sender<Bytes>,
+    ready: Vec<Bytes>,
+    progress: Arc<Progress>,
+}
+
+impl Recorder {
+    fn send_ready(&mut self) -> std::io::Result<()> {
+        for chunk in self.ready.drain(..) {
+            self.tx
+                .blocking_send(chunk)
+                .map_err(|_| std::io::Error::other("the chunk store stopped accepting chunks"))?;
+        }
+        Ok(())
+    }
+}
+
+impl Read for Recorder {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.progress.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        self.chunker.push(&buf[..n], &mut self.ready);
+        self.send_ready()?;
+        Ok(n)
+    }
+}
+
+fn scan(
+    input: Box<dyn Read + Send>,
+    params: ChunkParams,
+    tx: mpsc::Sender<Bytes>,
+    progress: &Arc<Progress>,
+) -> Result<ScanEnd> {
+    let recorder =
+        Recorder { inner: input, chunker: Chunker::new(params), tx, ready: Vec::new(), progress: progress.clone() };
+    let mut tar = TarReader::new(recorder);
+    let mut toc = Vec::new();
+    let mut previous: Option<CanonicalKey> = None;
+    let mut buf = vec![0u8; 256 * 1024];
+    while let Some(entry) = tar.next_entry()? {
+        let key = tar::canonical_key(&entry.path);
+        if previous.as_ref().is_some_and(|p| *p >= key) {
+            let recorder = tar.into_inner();
+            return Ok(ScanEnd::NotCanonical {
+                leftover: recorder.chunker.pending().to_vec(),
+                rest: recorder.inner,
+                path: String::from_utf8_lossy(&entry.path).into_owned(),
+            });
+        }
+        let hash = if entry.kind == EntryKind::File {
+            let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+            loop {
+                let n = tar.read_data(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+            }
+            Some(format!("xxh3:{:032x}", hasher.digest128()))
+        } else {
+            None
+        };
+        toc.push(toc_entry(&entry, hash));
+        previous = Some(key);
+    }
+    tar.drain()?;
+    let bytes = tar.position();
+    let mut recorder = tar.into_inner();
+    let chunker = std::mem::replace(&mut recorder.chunker, Chunker::new(params));
+    chunker.finish(&mut recorder.ready);
+    recorder.send_ready().map_err(Error::io("cannot hand the last chunks to the store"))?;
+    Ok(ScanEnd::Done { toc, bytes })
+}
+
+/// A name as text, with its exact bytes in base64 when they are not UTF-8.
+fn text_or_b64(bytes: Vec<u8>) -> (String, Option<String>) {
+    match String::from_utf8(bytes) {
+        Ok(text) => (text, None),
+        Err(e) => {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(e.as_bytes());
+            (String::from_utf8_lossy(e.as_bytes()).into_owned(), Some(b64))
+        }
+    }
+}
+
+fn toc_entry(entry: &Entry, hash: Option<String>) -> TocEntry {
+    let (path, path_b64) = text_or_b64(tar::display_path(&entry.path));
+    let (link, link_b64) = match (&entry.link, entry.kind) {
+        // Hard link targets name archive members, so they are shown like paths.
+        (Some(target), EntryKind::Hardlink) => {
+            let (t, b) = text_or_b64(tar::display_path(target));
+            (Some(t), b)
+        }
+        (Some(target), _) => {
+            let (t, b) = text_or_b64(target.clone());
+            (Some(t), b)
+        }
+        (None, _) => (None, None),
+    };
+    let mut xattrs: Vec<String> = entry.xattrs.iter().map(|(name, _)| String::from_utf8_lossy(name).into_owned()).collect();
+    xattrs.sort();
+    TocEntry {
+        path,
+        path_b64,
+        kind: entry.kind,
+        offset: entry.offset,
+        size: if entry.kind == EntryKind::File { entry.size } else { 0 },
+        mode: entry.mode,
+        uid: entry.uid,
+        gid: entry.gid,
+        mtime: entry.mtime,
+        link,
+        link_b64,
+        hash,
+        dev: matches!(entry.kind, EntryKind::Char | EntryKind::Block).then_some([entry.dev_major, entry.dev_minor]),
+        xattrs,
+    }
+}

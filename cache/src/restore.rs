@@ -1,0 +1,283 @@
+//! Restore: a snapshot's stream back out of the store, verified chunk by chunk.
+//!
+//! [`chunk_stream`] fetches chunks in parallel (bounded) and yields them in order; each one is
+//! size-checked, decompressed into a buffer of exactly its declared size, and re-hashed before
+//! it is yielded, so no unverified byte ever reaches a destination. [`write_tar`] copies the
+//! stream to a writer (`fetch --tar`: the exact bytes that were ingested), and
+//! [`fetch_to_dir`] extracts it (`fetch --to`) into a temporary sibling of the target that is
+//! renamed into place only when every entry is written, so a failure leaves nothing at the
+//! target. Extraction runs on its own thread while chunks are still being fetched and
+//! decompressed.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+
+use crate::chunk;
+use crate::digest::SnapshotId;
+use crate::error::{Error, Result};
+use crate::extract::{self, ExtractOptions, ExtractReport};
+use crate::ingest::Progress;
+use crate::layout;
+use crate::manifest::{self, ChunkRef, MAX_MANIFEST_BYTES, Manifest};
+use crate::store::{Store, StoreError};
+
+/// Reads and checks the manifest of `id`.
+pub async fn read_manifest(store: &dyn Store, id: &SnapshotId) -> Result<Manifest> {
+    let bytes = match store.get(&layout::snapshot(id), MAX_MANIFEST_BYTES).await {
+        Ok(got) => got.bytes,
+        Err(StoreError::NotFound { .. }) => {
+            return Err(Error::NoSuchSnapshot { id: *id, store: store.location() });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let id = *id;
+    tokio::task::spawn_blocking(move || Manifest::decode(&bytes, &id))
+        .await
+        .map_err(|e| Error::Internal(format!("a manifest decoding task failed: {e}")))?
+        .map_err(Error::from)
+}
+
+/// Fetches one chunk and verifies it.
+pub async fn fetch_chunk(store: &dyn Store, chunk: &ChunkRef) -> Result<Bytes> {
+    let path = layout::chunk(&chunk.digest);
+    let stored = match store.get(&path, manifest::zstd_bound(chunk.size)).await {
+        Ok(got) => got.bytes,
+        Err(StoreError::NotFound { .. }) => {
+            return Err(chunk::CorruptChunk {
+                digest: chunk.digest,
+                detail: format!("it is missing from {}", store.location()),
+            }
+            .into());
+        }
+        Err(StoreError::TooLarge { size, .. }) => {
+            return Err(chunk::CorruptChunk {
+                digest: chunk.digest,
+                detail: format!("its stored object is {size} bytes, impossible for {} raw bytes", chunk.size),
+            }
+            .into());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if stored.len() as u64 != chunk.stored_size {
+        return Err(chunk::CorruptChunk {
+            digest: chunk.digest,
+            detail: format!("its stored object is {} bytes, the manifest says {}", stored.len(), chunk.stored_size),
+        }
+        .into());
+    }
+    let chunk = *chunk;
+    tokio::task::spawn_blocking(move || chunk::decode(&stored, &chunk.digest, chunk.size))
+        .await
+        .map_err(|e| Error::Internal(format!("a decompression task failed: {e}")))?
+        .map_err(Error::from)
+}
+
+/// The verified raw bytes of `chunks`, in order, `concurrency` fetched at once.
+pub fn chunk_stream(
+    store: Arc<dyn Store>,
+    chunks: Vec<ChunkRef>,
+    concurrency: usize,
+) -> impl Stream<Item = Result<Bytes>> + Send {
+    futures::stream::iter(chunks)
+        .map(move |chunk| {
+            let store = store.clone();
+            async move { fetch_chunk(&*store, &chunk).await }
+        })
+        .buffered(concurrency.max(1))
+}
+
+/// A blocking reader over verified chunks, for code on a blocking thread inside the runtime.
+pub struct ChunkReader {
+    store: Arc<dyn Store>,
+    chunks: std::vec::IntoIter<ChunkRef>,
+    current: Bytes,
+    handle: tokio::runtime::Handle,
+}
+
+impl std::fmt::Debug for ChunkReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunkReader").field("remaining", &self.chunks.len()).finish_non_exhaustive()
+    }
+}
+
+impl ChunkReader {
+    /// Must be created inside the runtime; read it from a blocking thread.
+    pub fn new(store: Arc<dyn Store>, chunks: Vec<ChunkRef>) -> Self {
+        Self { store, chunks: chunks.into_iter(), current: Bytes::new(), handle: tokio::runtime::Handle::current() }
+    }
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            let Some(chunk) = self.chunks.next() else { return Ok(0) };
+            self.current = self.handle.block_on(fetch_chunk(&*self.store, &chunk)).map_err(std::io::Error::other)?;
+        }
+        let n = self.current.len().min(buf.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        let _ = self.current.split_to(n);
+        Ok(n)
+    }
+}
+
+/// A blocking reader fed by a channel of verified chunks; errors travel down the channel.
+struct ChannelReader {
+    rx: mpsc::Receiver<Result<Bytes>>,
+    current: Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                None => return Ok(0),
+                Some(Ok(bytes)) => self.current = bytes,
+                Some(Err(e)) => return Err(std::io::Error::other(e)),
+            }
+        }
+        let n = self.current.len().min(buf.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        let _ = self.current.split_to(n);
+        Ok(n)
+    }
+}
+
+/// Feeds the verified stream of `manifest` to `consume` on a blocking thread, and returns what
+/// it returns. A fetch error stops the consumer (its reads fail) and is the error reported.
+async fn pump<T: Send + 'static>(
+    store: Arc<dyn Store>,
+    manifest: &Manifest,
+    concurrency: usize,
+    progress: Arc<Progress>,
+    consume: impl FnOnce(&mut dyn Read) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    progress.total.store(manifest.size, Ordering::Relaxed);
+    let (tx, rx) = mpsc::channel::<Result<Bytes>>(concurrency.max(2));
+    let consumer = tokio::task::spawn_blocking(move || consume(&mut ChannelReader { rx, current: Bytes::new() }));
+    let mut stream = std::pin::pin!(chunk_stream(store, manifest.chunks.clone(), concurrency));
+    let mut fetch_error = None;
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(bytes) => {
+                let len = bytes.len() as u64;
+                if tx.send(Ok(bytes)).await.is_err() {
+                    break; // the consumer stopped; its error says why
+                }
+                progress.bytes.fetch_add(len, Ordering::Relaxed);
+                progress.chunks.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                let _ = tx.send(Err(Error::Internal("a chunk could not be fetched".into()))).await;
+                fetch_error = Some(e);
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let consumed = consumer.await.map_err(|e| Error::Internal(format!("the writer thread failed: {e}")))?;
+    match fetch_error {
+        Some(e) => Err(e),
+        None => consumed,
+    }
+}
+
+/// Writes the snapshot's stream to `out`: the exact bytes that were ingested.
+pub async fn write_tar<W: Write + Send + 'static>(
+    store: Arc<dyn Store>,
+    manifest: &Manifest,
+    out: W,
+    concurrency: usize,
+    progress: Arc<Progress>,
+) -> Result<()> {
+    pump(store, manifest, concurrency, progress, move |reader| {
+        let mut out = out;
+        std::io::copy(reader, &mut out).map_err(Error::io("cannot write the tar stream"))?;
+        out.flush().map_err(Error::io("cannot write the tar stream"))
+    })
+    .await
+}
+
+/// Extracts the snapshot into `target`, which must not exist or be an empty directory.
+pub async fn fetch_to_dir(
+    store: Arc<dyn Store>,
+    manifest: &Manifest,
+    target: &Path,
+    options: ExtractOptions,
+    concurrency: usize,
+    progress: Arc<Progress>,
+) -> Result<ExtractReport> {
+    let staging = create_staging(target)?;
+    let staging_for_thread = staging.clone();
+    let extracted = pump(store, manifest, concurrency, progress, move |reader| {
+        extract::extract(reader, &staging_for_thread, &options)
+    })
+    .await;
+    let finished = extracted.and_then(|report| {
+        if target.exists() {
+            // An empty directory: rename(2) replaces it atomically.
+            std::fs::remove_dir(target).map_err(Error::io(format!("cannot replace `{}`", target.display())))?;
+        }
+        std::fs::rename(&staging, target)
+            .map_err(Error::io(format!("cannot move the restored tree into `{}`", target.display())))?;
+        Ok(report)
+    });
+    if finished.is_err()
+        && let Err(e) = remove_tree(&staging)
+    {
+        tracing::warn!("cannot remove the staging directory `{}`: {e}", staging.display());
+    }
+    finished
+}
+
+/// A new, private directory beside `target`, on the same file system so the final rename is
+/// atomic.
+fn create_staging(target: &Path) -> Result<PathBuf> {
+    if let Ok(meta) = std::fs::symlink_metadata(target) {
+        let empty_dir = meta.is_dir() && std::fs::read_dir(target).is_ok_and(|mut d| d.next().is_none());
+        if !empty_dir {
+            return Err(Error::Io {
+                context: format!("cannot restore into `{}`", target.display()),
+                source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "it exists and is not an empty directory"),
+            });
+        }
+    }
+    let parent = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(Error::io(format!("cannot create `{}`", parent.display())))?;
+    let name = target.file_name().map_or_else(|| "restore".into(), |n| n.to_string_lossy().into_owned());
+    let staging = tempfile::Builder::new()
+        .prefix(&format!(".{name}.envbuild-"))
+        .tempdir_in(&parent)
+        .map_err(Error::io(format!("cannot create a staging directory in `{}`", parent.display())))?;
+    // Kept: removed on failure by `remove_tree`, renamed on success.
+    Ok(staging.keep())
+}
+
+/// Removes a tree that may hold read-only directories.
+fn remove_tree(path: &Path) -> std::io::Result<()> {
+    if std::fs::remove_dir_all(path).is_ok() {
+        return Ok(());
+    }
+    // Make every directory writable, then try again.
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(entry.path());
+                }
+            }
+        }
+    }
+    std::fs::remove_dir_all(path)
+}

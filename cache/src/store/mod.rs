@@ -1,0 +1,157 @@
+//! The [`Store`] trait: a minimal, object-store-shaped interface that every backend implements
+//! (local directory, S3, the HTTP client of `envbuild serve`), and its error type.
+//!
+//! # Semantics every backend guarantees
+//! - **Atomic objects.** A reader sees either nothing or a complete object, never a partial one.
+//! - **Create-only writes.** [`PutMode::Create`] writes only if nothing is at the path; if
+//!   something is, the result is [`PutOutcome::AlreadyExists`], which for content-addressed
+//!   objects (chunks, manifests) is success. Racing writers of one path cannot corrupt it.
+//! - **Compare-and-swap.** [`PutMode::Update`] replaces an object only if its current ETag is
+//!   the one given, and fails with [`StoreError::Conflict`] otherwise; refs use this.
+//! - **Absence is explicit.** `get` of a missing object is [`StoreError::NotFound`]; `head` of a
+//!   missing object is `Ok(None)`; `delete` of a missing object is `Ok(())`.
+//! - **Errors are never misses.** A backend never turns an I/O or network error into "not
+//!   found": a silent miss would trigger an expensive rebuild or hide corruption.
+//! - **Bounded reads.** `get` refuses objects larger than the caller's limit before reading
+//!   them, so a hostile store cannot make a reader allocate without bound.
+//!
+//! Integrity (re-hashing what was read) is not the backend's job; the callers that know what an
+//! object must hash to check it (`chunk`, `manifest`).
+
+pub mod local;
+pub mod memory;
+
+#[cfg(feature = "testing")]
+pub mod conformance;
+
+use std::fmt;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::layout::{InvalidPath, ObjectPath};
+
+/// How a write treats an object already at the path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutMode {
+    /// Write only if absent (`If-None-Match: *`).
+    Create,
+    /// Write unconditionally.
+    Overwrite,
+    /// Replace only if the current ETag is this one (`If-Match`).
+    Update { etag: String },
+}
+
+/// What a successful write did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// The object was written; its new ETag.
+    Written { etag: String },
+    /// `PutMode::Create` found an object already there and left it alone.
+    AlreadyExists,
+}
+
+/// What a listing or `head` knows about an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub path: ObjectPath,
+    pub size: u64,
+    pub last_modified: SystemTime,
+    /// A strong validator of the content, usable with [`PutMode::Update`].
+    pub etag: String,
+}
+
+/// An object's bytes with its metadata.
+#[derive(Debug, Clone)]
+pub struct GetResult {
+    pub bytes: Bytes,
+    pub etag: String,
+}
+
+/// A store operation failed. Messages name the store and the object.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("`{path}` does not exist in {store}")]
+    NotFound { store: String, path: String },
+    #[error("`{path}` in {store} changed since it was read (compare-and-swap lost the race)")]
+    Conflict { store: String, path: String },
+    #[error("`{path}` in {store} is {size} bytes, more than the {limit} bytes allowed for it")]
+    TooLarge { store: String, path: String, size: u64, limit: u64 },
+    #[error(transparent)]
+    InvalidPath(#[from] InvalidPath),
+    #[error("{store}: cannot {operation} `{path}`: {source}")]
+    Io {
+        store: String,
+        operation: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{store}: cannot {operation} `{path}`: {message}")]
+    Backend {
+        store: String,
+        operation: &'static str,
+        path: String,
+        message: String,
+        /// Whether trying again may succeed (a 5xx, a timeout, a throttle).
+        retryable: bool,
+    },
+    #[error("{store} is not usable: {message}")]
+    Unusable { store: String, message: String, hint: Option<String> },
+}
+
+impl StoreError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StoreError::NotFound { .. })
+    }
+
+    /// Whether the same request may succeed if tried again.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StoreError::Backend { retryable, .. } => *retryable,
+            StoreError::Io { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::Interrupted
+                    | std::io::ErrorKind::TimedOut
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::UnexpectedEof
+            ),
+            StoreError::Conflict { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// An object store. See the module docs for the guarantees every implementation gives.
+#[async_trait]
+pub trait Store: Send + Sync + fmt::Debug {
+    /// Where the store is, for messages: `local store /path`, `s3://bucket/prefix`.
+    fn location(&self) -> String;
+
+    /// Writes `data` at `path` as one atomic object, as `mode` says.
+    async fn put(&self, path: &ObjectPath, data: Bytes, mode: PutMode) -> Result<PutOutcome, StoreError>;
+
+    /// Reads the whole object at `path`. Objects over `limit` bytes are refused with
+    /// [`StoreError::TooLarge`] before their contents are read.
+    async fn get(&self, path: &ObjectPath, limit: u64) -> Result<GetResult, StoreError>;
+
+    /// The object's metadata, or `None` if nothing is at `path`.
+    async fn head(&self, path: &ObjectPath) -> Result<Option<ObjectMeta>, StoreError>;
+
+    /// Every object whose path starts with `prefix`, in no particular order. A listing taken
+    /// while others write may or may not include their objects.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError>;
+
+    /// Removes the object at `path`; succeeds if it is already gone.
+    async fn delete(&self, path: &ObjectPath) -> Result<(), StoreError>;
+
+    /// Removes the backend's own leftovers of writes abandoned before `cutoff` (temporary
+    /// files, unfinished multipart uploads), returning how many. Called by `gc`.
+    async fn sweep_abandoned(&self, cutoff: SystemTime) -> Result<u64, StoreError> {
+        let _ = cutoff;
+        Ok(0)
+    }
+}
