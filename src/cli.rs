@@ -29,6 +29,12 @@ pub struct GlobalArgs {
     /// More log output on stderr (-v: debug, -vv: trace). `RUST_LOG` overrides it.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// The snapshot store: a directory or `file://` URL. Default: `~/.cache/envbuild`.
+    #[arg(long, global = true, env = env::STORE, value_name = "LOCATION")]
+    pub store: Option<String>,
+    /// Chunks transferred, compressed or checked at once. Default: twice the number of cores.
+    #[arg(short = 'j', long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub jobs: Option<u16>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -50,6 +56,47 @@ pub enum Command {
     /// Save it and point your editor at it, or reference it from the file itself:
     /// `envbuild schema > .cursor/environment.schema.json` and `"$schema": "./environment.schema.json"`.
     Schema,
+    /// Store a root filesystem tar as a snapshot; prints its id as the last line of stdout.
+    ///
+    /// The tar (a file, or `-` for stdin, such as `docker export CONTAINER | envbuild import -`)
+    /// is cut into content-defined chunks; chunks the store already has are not stored again.
+    /// Input not in canonical order (`tar --sort=name` order) is put in that order first. The id
+    /// is the sha256 of the snapshot's manifest, so importing the same stream twice gives the
+    /// same id. Progress and statistics go to stderr.
+    #[command(
+        after_help = "Examples:\n  envbuild import rootfs.tar\n  docker export my-container | envbuild import -"
+    )]
+    Import(ImportArgs),
+    /// Restore a snapshot into a directory (`--to`) or as a tar stream (`--tar`).
+    ///
+    /// Every chunk is re-hashed before a byte of it is written. `--to DIR` extracts into a
+    /// temporary sibling of DIR and renames it into place only when everything is written, so a
+    /// failure leaves nothing at DIR; DIR must not exist or be empty. Extraction never writes
+    /// outside DIR and never follows a symlink. Owners and device nodes are restored when
+    /// running as root. `--tar` writes the exact bytes that were imported (when the input was in
+    /// canonical order).
+    #[command(
+        after_help = "Examples:\n  envbuild fetch sha256:3f2a... --to ./rootfs\n  envbuild fetch 3f2a1b --tar - | tar tv"
+    )]
+    Fetch(FetchArgs),
+    /// List the snapshots in the store, newest first.
+    Ls(LsArgs),
+    /// Show a snapshot's manifest: sizes, chunks, entries, image config, build inputs.
+    Inspect(InspectArgs),
+    /// Show the files added, removed and changed between two snapshots.
+    Diff(DiffArgs),
+    /// Check that snapshots are whole; exit 1 naming any damage.
+    ///
+    /// Always checks each manifest and that every chunk it lists exists with the recorded
+    /// size. `--read-data` also downloads, decompresses and re-hashes every chunk. Without ids,
+    /// checks every snapshot, key record and ref.
+    Verify(VerifyArgs),
+    /// Remove chunks no snapshot references, older than the grace period.
+    ///
+    /// Snapshots are never removed. gc does not run while another process writes to the store
+    /// (it says which), and never removes anything younger than `--grace`, so an import in
+    /// progress elsewhere is never cut short.
+    Gc(GcArgs),
     /// Write a commented starter `.cursor/environment.json` and `.cursor/Dockerfile`.
     ///
     /// The install command is guessed from the lock files in the repository (npm, pnpm, yarn,
@@ -68,6 +115,81 @@ pub struct ValidateArgs {
     #[arg(long, value_name = "DIR")]
     pub repo: Option<PathBuf>,
     /// Print the diagnostics as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The tar file, or `-` for stdin.
+    #[arg(value_name = "TAR|-")]
+    pub input: String,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("destination").required(true).args(["to", "tar"])))]
+pub struct FetchArgs {
+    /// The snapshot: its id, a unique prefix of at least 6 hex digits, or a ref name.
+    pub snapshot: String,
+    /// Extract into this directory (must not exist, or be empty).
+    #[arg(long, value_name = "DIR")]
+    pub to: Option<PathBuf>,
+    /// Write the tar stream to this file, or `-` for stdout.
+    #[arg(long, value_name = "FILE|-")]
+    pub tar: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The snapshot: its id, a unique prefix, or a ref name.
+    pub snapshot: String,
+    /// Print the whole manifest as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The old snapshot.
+    pub old: String,
+    /// The new snapshot.
+    pub new: String,
+    /// Count a changed modification time alone as a change.
+    #[arg(long)]
+    pub mtime: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Snapshots to check (ids, prefixes or refs). Default: everything in the store.
+    pub snapshots: Vec<String>,
+    /// Also download, decompress and re-hash every chunk.
+    #[arg(long)]
+    pub read_data: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Say what would be removed, and remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Keep unreferenced objects younger than this (`30m`, `2h`, `7days`).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub grace: std::time::Duration,
+    /// Print JSON.
     #[arg(long)]
     pub json: bool,
 }

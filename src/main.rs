@@ -9,7 +9,10 @@
 mod cli;
 mod commands;
 mod env;
+mod format;
 mod output;
+mod progress;
+mod store;
 mod ui;
 
 use std::process::ExitCode;
@@ -21,10 +24,9 @@ use crate::cli::{Cli, Command};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.global.verbose);
-    let result = match &cli.command {
-        Command::Validate(args) => commands::validate::run(args),
-        Command::Schema => commands::schema::run(),
-        Command::Init(args) => commands::init::run(args),
+    let result = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime.block_on(run(&cli)),
+        Err(e) => Err(anyhow::Error::new(e).context("cannot start the async runtime")),
     };
     match result {
         Ok(code) => code,
@@ -33,6 +35,27 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
+    let global = &cli.global;
+    match &cli.command {
+        Command::Validate(args) => commands::validate::run(args),
+        Command::Schema => commands::schema::run(),
+        Command::Init(args) => commands::init::run(args),
+        Command::Import(args) => commands::import::run(global, args).await,
+        Command::Fetch(args) => commands::fetch::run(global, args).await,
+        Command::Ls(args) => commands::ls::run(global, args).await,
+        Command::Inspect(args) => commands::inspect::run(global, args).await,
+        Command::Diff(args) => commands::diff::run(global, args).await,
+        Command::Verify(args) => commands::verify::run(global, args).await,
+        Command::Gc(args) => commands::gc::run(global, args).await,
+    }
+}
+
+/// Chunks handled at once: `--jobs`, or twice the number of cores.
+fn jobs(global: &cli::GlobalArgs) -> usize {
+    global.jobs.map_or_else(envbuild_cache::ingest::default_concurrency, usize::from)
 }
 
 /// `outer: inner: innermost`, with `hint:` lines kept on their own lines.

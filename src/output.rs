@@ -14,3 +14,8 @@ pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     writeln!(out)?;
     Ok(())
 }
+
+/// Prints one line of data.
+pub fn line(text: impl std::fmt::Display) {
+    println!("{text}");
+}

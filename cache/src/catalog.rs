@@ -88,7 +88,13 @@ pub async fn resolve(store: &dyn Store, query: &str) -> Result<SnapshotId> {
         match matches.len() {
             1 => return Ok(matches[0]),
             0 => {}
-            count => return Err(Error::AmbiguousSnapshot { query: query.to_owned(), count, store: store.location() }),
+            count => {
+                return Err(Error::AmbiguousSnapshot {
+                    query: query.to_owned(),
+                    count,
+                    store: store.location(),
+                });
+            }
         }
     }
     if let Ok(Some((record, _))) = read_ref(store, query).await {
@@ -97,7 +103,10 @@ pub async fn resolve(store: &dyn Store, query: &str) -> Result<SnapshotId> {
     Err(Error::UnknownSnapshot { query: query.to_owned(), store: store.location() })
 }
 
-async fn read_json<T: for<'de> Deserialize<'de>>(store: &dyn Store, path: &layout::ObjectPath) -> Result<Option<(T, String)>> {
+async fn read_json<T: for<'de> Deserialize<'de>>(
+    store: &dyn Store,
+    path: &layout::ObjectPath,
+) -> Result<Option<(T, String)>> {
     match store.get(path, MAX_RECORD_BYTES).await {
         Ok(got) => {
             let value = serde_json::from_slice(&got.bytes).map_err(|e| Error::Io {

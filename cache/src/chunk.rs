@@ -51,7 +51,10 @@ pub fn decode(stored: &[u8], digest: &Digest, size: u64) -> Result<Bytes, Corrup
         return Err(corrupt(format!("its declared size {size} is out of range")));
     }
     if stored.len() as u64 > zstd_bound(size) {
-        return Err(corrupt(format!("its stored object is {} bytes, impossible for {size} raw bytes", stored.len())));
+        return Err(corrupt(format!(
+            "its stored object is {} bytes, impossible for {size} raw bytes",
+            stored.len()
+        )));
     }
     let expected = usize::try_from(size).map_err(|_| corrupt("its size does not fit in memory".into()))?;
     let mut out = Vec::with_capacity(expected);
@@ -92,9 +95,19 @@ mod tests {
         let mid = flipped.len() / 2;
         flipped[mid] ^= 0x40;
         assert!(decode(&flipped, &digest, raw.len() as u64).is_err());
-        assert!(decode(&stored[..stored.len() / 2], &digest, raw.len() as u64).unwrap_err().detail.contains("truncated"));
+        assert!(
+            decode(&stored[..stored.len() / 2], &digest, raw.len() as u64)
+                .unwrap_err()
+                .detail
+                .contains("truncated")
+        );
         assert!(decode(&stored, &digest, raw.len() as u64 - 1).is_err());
-        assert!(decode(&stored, &Digest::of(b"other"), raw.len() as u64).unwrap_err().detail.contains("hashes to"));
+        assert!(
+            decode(&stored, &Digest::of(b"other"), raw.len() as u64)
+                .unwrap_err()
+                .detail
+                .contains("hashes to")
+        );
     }
 
     #[test]

@@ -12,11 +12,14 @@
 //! chunk. Normalization level 1, as the FastCDC paper recommends, narrows the spread around the
 //! average. The parameters are part of the manifest, so changing them is a visible change.
 //!
-//! [`Chunker`] is fed arbitrary slices and hands out chunks as `Bytes` split off its buffer
-//! without copying. A boundary is only decided once `max` bytes are buffered (or at the end),
-//! so the boundaries do not depend on how the input was sliced.
+//! [`Chunker`] is fed arbitrary slices and hands out each chunk as its own exact-size buffer,
+//! copied out of one reused working buffer. Sharing the working buffer instead (splitting
+//! `Bytes` off it) would keep whole blocks alive while any chunk from them is in flight and
+//! make every block fresh memory; the copy is cheaper than those page faults and keeps memory
+//! flat. A boundary is only decided once `max` bytes are buffered (or at the end), so the
+//! boundaries do not depend on how the input was sliced.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use fastcdc::v2020::{MASKS, cut};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,7 +43,9 @@ impl ChunkParams {
             && (AVERAGE_MIN..=AVERAGE_MAX).contains(&avg)
             && (MAXIMUM_MIN..=MAXIMUM_MAX).contains(&max);
         if !in_bounds || min >= avg || avg >= max {
-            return Err(format!("min {min}, avg {avg}, max {max} are outside FastCDC's bounds or not increasing"));
+            return Err(format!(
+                "min {min}, avg {avg}, max {max} are outside FastCDC's bounds or not increasing"
+            ));
         }
         Ok(Self { min, avg, max })
     }
@@ -51,16 +56,19 @@ pub struct Chunker {
     params: ChunkParams,
     mask_s: u64,
     mask_l: u64,
-    buffer: BytesMut,
+    buffer: Vec<u8>,
+    /// Where the bytes not yet in a chunk start.
+    start: usize,
 }
 
-/// Bytes reserved at a time; large so the buffer rarely moves.
-const RESERVE: usize = 16 * 1024 * 1024;
+/// Consumed bytes at the front of the buffer before they are dropped (a memmove of at most
+/// `max` bytes per this many bytes of input).
+const COMPACT_AFTER: usize = 8 * 1024 * 1024;
 
 impl Chunker {
     pub fn new(params: ChunkParams) -> Self {
         let bits = params.avg.ilog2() as usize;
-        Self { params, mask_s: MASKS[bits + 1], mask_l: MASKS[bits - 1], buffer: BytesMut::new() }
+        Self { params, mask_s: MASKS[bits + 1], mask_l: MASKS[bits - 1], buffer: Vec::new(), start: 0 }
     }
 
     fn cut_point(&self, data: &[u8]) -> usize {
@@ -77,28 +85,36 @@ impl Chunker {
         len
     }
 
+    fn cut_one(&mut self, out: &mut Vec<Bytes>) {
+        let n = self.cut_point(&self.buffer[self.start..]);
+        out.push(Bytes::copy_from_slice(&self.buffer[self.start..self.start + n]));
+        self.start += n;
+    }
+
     /// Appends `data` and returns the chunks it completed.
     pub fn push(&mut self, data: &[u8], out: &mut Vec<Bytes>) {
-        if self.buffer.capacity() - self.buffer.len() < data.len() {
-            self.buffer.reserve(data.len().max(RESERVE));
+        if self.start >= COMPACT_AFTER {
+            self.buffer.drain(..self.start);
+            self.start = 0;
+        }
+        if self.buffer.capacity() == 0 {
+            self.buffer.reserve(COMPACT_AFTER + 2 * self.params.max as usize);
         }
         self.buffer.extend_from_slice(data);
-        while self.buffer.len() >= self.params.max as usize {
-            let n = self.cut_point(&self.buffer);
-            out.push(self.buffer.split_to(n).freeze());
+        while self.buffer.len() - self.start >= self.params.max as usize {
+            self.cut_one(out);
         }
     }
 
     /// The bytes not yet in a chunk.
     pub fn pending(&self) -> &[u8] {
-        &self.buffer
+        &self.buffer[self.start..]
     }
 
     /// Cuts the rest of the input.
     pub fn finish(mut self, out: &mut Vec<Bytes>) {
-        while !self.buffer.is_empty() {
-            let n = self.cut_point(&self.buffer);
-            out.push(self.buffer.split_to(n).freeze());
+        while self.start < self.buffer.len() {
+            self.cut_one(out);
         }
     }
 }

@@ -42,8 +42,10 @@ impl Digest {
             return Err(DigestParseError { input: truncate(hex_digits), reason: "expected 64 hex digits" });
         }
         let mut bytes = [0; 32];
-        hex::decode_to_slice(hex_digits, &mut bytes)
-            .map_err(|_| DigestParseError { input: truncate(hex_digits), reason: "expected only hex digits" })?;
+        hex::decode_to_slice(hex_digits, &mut bytes).map_err(|_| DigestParseError {
+            input: truncate(hex_digits),
+            reason: "expected only hex digits",
+        })?;
         Ok(Self(bytes))
     }
 }
@@ -108,7 +110,10 @@ impl<'de> Deserialize<'de> for Digest {
         let s = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
         // The wire form always carries the prefix.
         let hex_digits = s.strip_prefix(DIGEST_PREFIX).ok_or_else(|| {
-            serde::de::Error::custom(format!("`{}` is not a sha256 digest: expected `sha256:` and 64 hex digits", truncate(&s)))
+            serde::de::Error::custom(format!(
+                "`{}` is not a sha256 digest: expected `sha256:` and 64 hex digits",
+                truncate(&s)
+            ))
         })?;
         Self::from_hex(hex_digits).map_err(serde::de::Error::custom)
     }

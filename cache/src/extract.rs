@@ -121,8 +121,12 @@ struct Extractor<'o> {
 
 /// Extracts `input` into `root`, an existing, empty, private directory.
 pub fn extract(input: &mut dyn Read, root: &Path, options: &ExtractOptions) -> Result<ExtractReport> {
-    let root_fd = rustix::fs::open(root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| Error::io(format!("cannot open `{}`", root.display()))(e.into()))?;
+    let root_fd = rustix::fs::open(
+        root,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::io(format!("cannot open `{}`", root.display()))(e.into()))?;
     let mut extractor = Extractor {
         root: root_fd,
         stack: Vec::new(),
@@ -203,7 +207,9 @@ impl Extractor<'_> {
                     Err(Errno::EXIST) => {
                         let stat = rustix::fs::statat(&parent, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW)
                             .map_err(|e| os_error(&entry.path, "inspect", e))?;
-                        if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::Directory {
+                        if rustix::fs::FileType::from_raw_mode(stat.st_mode)
+                            != rustix::fs::FileType::Directory
+                        {
                             replace(&parent, name, &entry.path)?;
                             rustix::fs::mkdirat(&parent, name.as_slice(), Mode::from_raw_mode(0o700))
                                 .map_err(|e| os_error(&entry.path, "create directory", e))?;
@@ -229,7 +235,8 @@ impl Extractor<'_> {
                     if n == 0 {
                         break;
                     }
-                    file.write_all(&self.buf[..n]).map_err(Error::io(format!("cannot write `{}`", shown(&entry.path))))?;
+                    file.write_all(&self.buf[..n])
+                        .map_err(Error::io(format!("cannot write `{}`", shown(&entry.path))))?;
                     self.report.bytes += n as u64;
                 }
                 self.apply_fd(file.as_fd(), entry)?;
@@ -262,7 +269,10 @@ impl Extractor<'_> {
             }
             EntryKind::Char | EntryKind::Block | EntryKind::Fifo => {
                 if entry.kind != EntryKind::Fifo && !self.options.devices {
-                    self.report.warnings.push(format!("skipped device node `{}` (creating one needs root)", shown(&entry.path)));
+                    self.report.warnings.push(format!(
+                        "skipped device node `{}` (creating one needs root)",
+                        shown(&entry.path)
+                    ));
                     return Ok(());
                 }
                 let file_type = match entry.kind {
@@ -325,7 +335,8 @@ impl Extractor<'_> {
 
     /// Links `name` in `parent` to `target`; `false` if the target does not exist yet.
     fn link(&self, target: &[Vec<u8>], parent: &OwnedFd, name: &[u8], path: &[u8]) -> Result<bool> {
-        let (target_name, target_parents) = target.split_last().ok_or_else(|| refuse(path, "empty hard link target"))?;
+        let (target_name, target_parents) =
+            target.split_last().ok_or_else(|| refuse(path, "empty hard link target"))?;
         let Some(target_dir) = self.open_path(target_parents, path)? else { return Ok(false) };
         match rustix::fs::linkat(&target_dir, target_name.as_slice(), parent, name, AtFlags::empty()) {
             Ok(()) => Ok(true),
@@ -364,16 +375,24 @@ impl Extractor<'_> {
         }
         if !entry.xattrs.is_empty() {
             // lsetxattr by path; through /proc so the parent is the descriptor we walked to.
-            let mut proc_path = format!("/proc/self/fd/{}/", std::os::fd::AsRawFd::as_raw_fd(parent)).into_bytes();
+            let mut proc_path =
+                format!("/proc/self/fd/{}/", std::os::fd::AsRawFd::as_raw_fd(parent)).into_bytes();
             proc_path.extend_from_slice(name);
             for (attr, value) in &entry.xattrs {
-                if let Err(e) = rustix::fs::lsetxattr(proc_path.as_slice(), attr.as_slice(), value, XattrFlags::empty()) {
+                if let Err(e) =
+                    rustix::fs::lsetxattr(proc_path.as_slice(), attr.as_slice(), value, XattrFlags::empty())
+                {
                     self.xattr_warning(&entry.path, attr, e);
                 }
             }
         }
-        rustix::fs::utimensat(parent, name, &timestamps((entry.mtime, entry.mtime_nsec)), AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(|e| os_error(&entry.path, "set the times of", e))
+        rustix::fs::utimensat(
+            parent,
+            name,
+            &timestamps((entry.mtime, entry.mtime_nsec)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| os_error(&entry.path, "set the times of", e))
     }
 
     fn xattr_warning(&mut self, path: &[u8], name: &[u8], errno: Errno) {
@@ -388,7 +407,8 @@ impl Extractor<'_> {
     fn finish(&mut self) -> Result<()> {
         self.stack.clear();
         for DeferredLink { link, target, shown: shown_path } in std::mem::take(&mut self.deferred_links) {
-            let (name, parents) = link.split_last().ok_or_else(|| refuse(shown_path.as_bytes(), "empty link"))?;
+            let (name, parents) =
+                link.split_last().ok_or_else(|| refuse(shown_path.as_bytes(), "empty link"))?;
             let parent = self
                 .open_path(parents, shown_path.as_bytes())?
                 .ok_or_else(|| refuse(shown_path.as_bytes(), "its directory vanished"))?;
@@ -405,7 +425,8 @@ impl Extractor<'_> {
         dirs.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
         for (components, meta) in dirs {
             let path = components.join(&b'/');
-            let fd = self.open_path(&components, &path)?.ok_or_else(|| refuse(&path, "the directory vanished"))?;
+            let fd =
+                self.open_path(&components, &path)?.ok_or_else(|| refuse(&path, "the directory vanished"))?;
             self.apply_dir(&fd, &path, &meta)?;
         }
         let root_meta = self.root_meta.take().unwrap_or(DirMeta { mode: 0o755, ..DirMeta::implied() });
@@ -413,7 +434,10 @@ impl Extractor<'_> {
         if root_meta.mtime == (0, 0) {
             // No root entry: keep the current time rather than 1970.
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-            let meta = DirMeta { mtime: (i64::try_from(now.as_secs()).unwrap_or(0), now.subsec_nanos()), ..root_meta };
+            let meta = DirMeta {
+                mtime: (i64::try_from(now.as_secs()).unwrap_or(0), now.subsec_nanos()),
+                ..root_meta
+            };
             return self.apply_dir(&root, b".", &meta);
         }
         self.apply_dir(&root, b".", &root_meta)
@@ -443,18 +467,28 @@ fn replace(parent: &OwnedFd, name: &[u8], path: &[u8]) -> Result<()> {
         Ok(stat) if rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Directory => {
             Err(refuse(path, "it would replace a directory"))
         }
-        Ok(_) => rustix::fs::unlinkat(parent, name, AtFlags::empty()).map_err(|e| os_error(path, "replace", e)),
+        Ok(_) => {
+            rustix::fs::unlinkat(parent, name, AtFlags::empty()).map_err(|e| os_error(path, "replace", e))
+        }
     }
 }
 
 /// Opens `name` in `dir` as a directory without following symlinks; `None` if it does not exist.
 fn open_dir(dir: &OwnedFd, name: &[u8], path: &[u8]) -> Result<Option<OwnedFd>> {
-    match rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty()) {
+    match rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
         Ok(fd) => Ok(Some(fd)),
         Err(Errno::NOENT) => Ok(None),
         Err(Errno::LOOP | Errno::NOTDIR) => Err(refuse(
             path,
-            format!("`{}` on its path is a symlink or not a directory, and extraction never follows links", shown(name)),
+            format!(
+                "`{}` on its path is a symlink or not a directory, and extraction never follows links",
+                shown(name)
+            ),
         )),
         Err(e) => Err(os_error(path, "open a directory on the path of", e)),
     }

@@ -243,19 +243,25 @@ async fn run_pass(
     let scan = tokio::task::spawn_blocking(move || scan(input, params, tx, &scan_progress));
     let incoming = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
     let level = options.zstd_level;
+    // Unordered, so one slow chunk never idles the others; the index puts results in order.
     let stored = incoming
-        .map(|raw| {
+        .enumerate()
+        .map(|(index, raw)| {
             let store = store.clone();
             let progress = progress.clone();
             async move {
                 let stored = store_chunk(&store, raw, level).await;
                 progress.chunks.fetch_add(1, Ordering::Relaxed);
-                stored
+                stored.map(|chunk| (index, chunk))
             }
         })
-        .buffered(options.concurrency.max(1))
+        .buffer_unordered(options.concurrency.max(1))
         .try_collect::<Vec<_>>()
-        .await;
+        .await
+        .map(|mut indexed| {
+            indexed.sort_unstable_by_key(|(index, _)| *index);
+            indexed.into_iter().map(|(_, chunk)| chunk).collect::<Vec<_>>()
+        });
     let scanned = scan.await.map_err(|e| Error::Internal(format!("the scan thread failed: {e}")))?;
     // A store failure is the root cause when both fail: the scan then only saw the channel close.
     let chunks = stored?;
@@ -276,7 +282,11 @@ async fn store_chunk(store: &Arc<dyn Store>, raw: Bytes, level: i32) -> Result<S
             return Ok(StoredChunk { chunk: ChunkRef { digest, size, stored_size: meta.size }, new: false });
         }
         // An implausible size means a damaged object: replace it rather than reference it.
-        tracing::warn!("chunk {digest} in {} has an impossible size ({} bytes); rewriting it", store.location(), meta.size);
+        tracing::warn!(
+            "chunk {digest} in {} has an impossible size ({} bytes); rewriting it",
+            store.location(),
+            meta.size
+        );
         mode = PutMode::Overwrite;
     }
     let stored = tokio::task::spawn_blocking(move || chunk::compress(&raw, level))
@@ -285,11 +295,16 @@ async fn store_chunk(store: &Arc<dyn Store>, raw: Bytes, level: i32) -> Result<S
         .map_err(Error::io(format!("cannot compress chunk {digest}")))?;
     let stored_size = stored.len() as u64;
     match store.put(&path, Bytes::from(stored), mode).await? {
-        PutOutcome::Written { .. } => Ok(StoredChunk { chunk: ChunkRef { digest, size, stored_size }, new: true }),
+        PutOutcome::Written { .. } => {
+            Ok(StoredChunk { chunk: ChunkRef { digest, size, stored_size }, new: true })
+        }
         PutOutcome::AlreadyExists => {
             // Another writer stored it in the meantime; reference its object.
             let meta = store.head(&path).await?.ok_or_else(|| {
-                Error::Internal(format!("chunk {digest} was reported present in {} but is gone", store.location()))
+                Error::Internal(format!(
+                    "chunk {digest} was reported present in {} but is gone",
+                    store.location()
+                ))
             })?;
             Ok(StoredChunk { chunk: ChunkRef { digest, size, stored_size: meta.size }, new: false })
         }
@@ -332,8 +347,15 @@ fn scan(
     tx: mpsc::Sender<Bytes>,
     progress: &Arc<Progress>,
 ) -> Result<ScanEnd> {
-    let recorder =
-        Recorder { inner: input, chunker: Chunker::new(params), tx, ready: Vec::new(), progress: progress.clone() };
+    // Tar headers are read 512 bytes at a time: buffer the input so each is not a system call.
+    let input: Box<dyn Read + Send> = Box::new(std::io::BufReader::with_capacity(1 << 20, input));
+    let recorder = Recorder {
+        inner: input,
+        chunker: Chunker::new(params),
+        tx,
+        ready: Vec::new(),
+        progress: progress.clone(),
+    };
     let mut tar = TarReader::new(recorder);
     let mut toc = Vec::new();
     let mut previous: Option<CanonicalKey> = None;
@@ -398,7 +420,8 @@ fn toc_entry(entry: &Entry, hash: Option<String>) -> TocEntry {
         }
         (None, _) => (None, None),
     };
-    let mut xattrs: Vec<String> = entry.xattrs.iter().map(|(name, _)| String::from_utf8_lossy(name).into_owned()).collect();
+    let mut xattrs: Vec<String> =
+        entry.xattrs.iter().map(|(name, _)| String::from_utf8_lossy(name).into_owned()).collect();
     xattrs.sort();
     TocEntry {
         path,
@@ -413,7 +436,8 @@ fn toc_entry(entry: &Entry, hash: Option<String>) -> TocEntry {
         link,
         link_b64,
         hash,
-        dev: matches!(entry.kind, EntryKind::Char | EntryKind::Block).then_some([entry.dev_major, entry.dev_minor]),
+        dev: matches!(entry.kind, EntryKind::Char | EntryKind::Block)
+            .then_some([entry.dev_major, entry.dev_minor]),
         xattrs,
     }
 }

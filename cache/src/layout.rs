@@ -105,7 +105,10 @@ pub fn key(key: &Digest) -> ObjectPath {
 /// A ref name: letters, digits and `-_.`, optionally in `/`-separated groups (`team/main`).
 pub fn reference(name: &str) -> Result<ObjectPath, InvalidPath> {
     if name.contains([':', '=', '@', '+', '%']) {
-        return Err(InvalidPath { path: name.to_owned(), reason: "ref names use letters, digits, `-_.` and `/`" });
+        return Err(InvalidPath {
+            path: name.to_owned(),
+            reason: "ref names use letters, digits, `-_.` and `/`",
+        });
     }
     ObjectPath::new(format!("{REFS}{name}"))
 }

@@ -35,6 +35,8 @@ pub mod manifest;
 pub mod restore;
 pub mod store;
 pub mod tar;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod verify;
 
 pub use digest::{Digest, SnapshotId};

@@ -8,9 +8,12 @@
 //! `sha256:` + hex of the manifest bytes.
 //!
 //! The bytes are canonical JSON: object keys sorted bytewise at every level, no whitespace,
-//! integers only in envbuild's own fields. Serialization goes through [`canonical_json`]
-//! rather than serde's field order so that a `serde_json` built with `preserve_order` (feature
-//! unification can switch it on) cannot change ids.
+//! integers only in envbuild's own fields. envbuild's own structs declare their fields in
+//! sorted order (by their serialized names), so serde writes them canonically without an
+//! intermediate `Value` (which would cost a hundred bytes per field for a large table of
+//! contents); the opaque documents are rebuilt with sorted keys first, so a `serde_json`
+//! built with `preserve_order` (feature unification can switch it on) cannot change ids.
+//! A test checks the struct order against [`canonical_json`].
 //!
 //! One caveat, by design: `stored_size` is the size of the zstd frame, which depends on the
 //! zstd library version (pinned in Cargo.lock) and level. A chunk already in the store keeps
@@ -42,31 +45,32 @@ pub const MAX_CHUNK_BYTES: u64 = 16 * 1024 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
-    pub format: String,
+    // Fields in sorted order: see the module docs.
     pub chunking: Chunking,
-    pub compression: Compression,
-    /// Bytes in the whole stream.
-    pub size: u64,
     pub chunks: Vec<ChunkRef>,
-    pub toc: Vec<TocEntry>,
-    /// The image's OCI configuration (Env, WorkingDir, User, Entrypoint, Cmd, ExposedPorts).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image_config: Option<Value>,
+    pub compression: Compression,
     /// The normalized environment.json the snapshot was built from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub environment: Option<Value>,
+    pub format: String,
+    /// The image's OCI configuration (Env, WorkingDir, User, Entrypoint, Cmd, ExposedPorts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_config: Option<Value>,
     /// Every build input and its hash, for `envbuild explain`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keys: Option<Value>,
+    /// Bytes in the whole stream.
+    pub size: u64,
+    pub toc: Vec<TocEntry>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Chunking {
     pub algorithm: ChunkAlgorithm,
-    pub min: u32,
     pub avg: u32,
     pub max: u32,
+    pub min: u32,
 }
 
 /// The only chunking algorithm of format v1.
@@ -103,33 +107,34 @@ pub struct ChunkRef {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TocEntry {
-    /// Without `./` or a trailing `/`; `.` for the root. Lossy when the name is not UTF-8.
-    pub path: String,
-    /// The exact name in base64, present only when it is not UTF-8.
+    // Fields in sorted order of their serialized names: see the module docs.
+    /// `[major, minor]` of a device node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path_b64: Option<String>,
-    #[serde(rename = "type")]
-    pub kind: EntryKind,
-    /// Stream offset of the entry's first header block.
-    pub offset: u64,
-    /// Bytes of data (file contents).
-    pub size: u64,
-    pub mode: u32,
-    pub uid: u64,
+    pub dev: Option<[u32; 2]>,
     pub gid: u64,
-    pub mtime: i64,
+    /// Content hash of a regular file, for diffs only (`xxh3:<32 hex>`); integrity comes from
+    /// the chunk digests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
     /// Symlink or hardlink target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link_b64: Option<String>,
-    /// Content hash of a regular file, for diffs only (`xxh3:<32 hex>`); integrity comes from
-    /// the chunk digests.
+    pub mode: u32,
+    pub mtime: i64,
+    /// Stream offset of the entry's first header block.
+    pub offset: u64,
+    /// Without `./` or a trailing `/`; `.` for the root. Lossy when the name is not UTF-8.
+    pub path: String,
+    /// The exact name in base64, present only when it is not UTF-8.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hash: Option<String>,
-    /// `[major, minor]` of a device node.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dev: Option<[u32; 2]>,
+    pub path_b64: Option<String>,
+    /// Bytes of data (file contents).
+    pub size: u64,
+    #[serde(rename = "type")]
+    pub kind: EntryKind,
+    pub uid: u64,
     /// Names of extended attributes, for diffs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub xattrs: Vec<String>,
@@ -146,9 +151,15 @@ pub struct ManifestError {
 impl Manifest {
     /// The canonical bytes and the id they give.
     pub fn encode(&self) -> (Vec<u8>, SnapshotId) {
-        // Plain data with string keys: serializing to a Value cannot fail.
-        let value = serde_json::to_value(self).unwrap_or(Value::Null);
-        let bytes = canonical_json(&value);
+        let sorted = |doc: &Option<Value>| doc.as_ref().map(sorted_keys);
+        let canonical = Manifest {
+            image_config: sorted(&self.image_config),
+            environment: sorted(&self.environment),
+            keys: sorted(&self.keys),
+            ..self.clone()
+        };
+        // Plain data with string keys: serializing cannot fail.
+        let bytes = serde_json::to_vec(&canonical).unwrap_or_default();
         let id = SnapshotId(Digest::of(&bytes));
         (bytes, id)
     }
@@ -163,7 +174,8 @@ impl Manifest {
         if actual != id.0 {
             return Err(fail(format!("its bytes hash to {actual}, not to the id")));
         }
-        let manifest: Manifest = serde_json::from_slice(bytes).map_err(|e| fail(format!("it is not a v1 manifest: {e}")))?;
+        let manifest: Manifest =
+            serde_json::from_slice(bytes).map_err(|e| fail(format!("it is not a v1 manifest: {e}")))?;
         manifest.check().map_err(fail)?;
         Ok(manifest)
     }
@@ -174,7 +186,8 @@ impl Manifest {
             return Err(format!("its format is `{}`, not `{FORMAT}`", self.format));
         }
         let c = self.chunking;
-        ChunkParams::new(c.min, c.avg, c.max).map_err(|e| format!("its chunking parameters are invalid: {e}"))?;
+        ChunkParams::new(c.min, c.avg, c.max)
+            .map_err(|e| format!("its chunking parameters are invalid: {e}"))?;
         if !(1..=22).contains(&self.compression.level) {
             return Err(format!("its zstd level {} is out of range", self.compression.level));
         }
@@ -182,7 +195,10 @@ impl Manifest {
         let mut total: u64 = 0;
         for (i, chunk) in self.chunks.iter().enumerate() {
             if chunk.size == 0 || chunk.size > max_chunk {
-                return Err(format!("chunk {i} ({}) declares {} bytes, outside 1..={max_chunk}", chunk.digest, chunk.size));
+                return Err(format!(
+                    "chunk {i} ({}) declares {} bytes, outside 1..={max_chunk}",
+                    chunk.digest, chunk.size
+                ));
             }
             if chunk.stored_size == 0 || chunk.stored_size > zstd_bound(chunk.size) {
                 return Err(format!(
@@ -219,6 +235,20 @@ impl Manifest {
 pub fn zstd_bound(size: u64) -> u64 {
     let margin = if size < (128 << 10) { ((128 << 10) - size) >> 11 } else { 0 };
     size + (size >> 8) + margin
+}
+
+/// `value` with every object's keys inserted in sorted order, so it serializes sorted whether
+/// or not `serde_json` preserves insertion order.
+fn sorted_keys(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            Value::Object(keys.into_iter().map(|k| (k.clone(), sorted_keys(&map[k]))).collect())
+        }
+        Value::Array(items) => Value::Array(items.iter().map(sorted_keys).collect()),
+        scalar => scalar.clone(),
+    }
 }
 
 /// Canonical JSON: keys sorted bytewise, no insignificant whitespace.
@@ -272,7 +302,12 @@ mod tests {
         let data = b"hello";
         Manifest {
             format: FORMAT.into(),
-            chunking: Chunking { algorithm: ChunkAlgorithm::FastCdc2020, min: 262_144, avg: 1_048_576, max: 4_194_304 },
+            chunking: Chunking {
+                algorithm: ChunkAlgorithm::FastCdc2020,
+                min: 262_144,
+                avg: 1_048_576,
+                max: 4_194_304,
+            },
             compression: Compression { algorithm: Zstd::Zstd, level: 3 },
             size: 5,
             chunks: vec![ChunkRef { digest: Digest::of(data), size: 5, stored_size: 14 }],
@@ -290,6 +325,32 @@ mod tests {
         assert!(text.starts_with(r#"{"chunking":{"algorithm":"fastcdc-2020","avg":1048576"#), "{text}");
         assert!(text.contains(r#""image_config":{"a":[true,null],"b":1}"#), "{text}");
         assert_eq!(Manifest::decode(&bytes, &id).unwrap(), sample());
+    }
+
+    #[test]
+    fn struct_field_order_is_canonical() {
+        let mut m = sample();
+        m.environment = Some(serde_json::json!({"z": {"y": 1, "x": 2}, "a": null}));
+        m.keys = Some(serde_json::json!({"k": "v"}));
+        m.toc.push(TocEntry {
+            dev: Some([1, 3]),
+            gid: 1,
+            hash: Some("xxh3:00".into()),
+            link: Some("t".into()),
+            link_b64: Some("dA==".into()),
+            mode: 0o644,
+            mtime: 5,
+            offset: 0,
+            path: "p".into(),
+            path_b64: Some("cA==".into()),
+            size: 0,
+            kind: EntryKind::Char,
+            uid: 2,
+            xattrs: vec!["user.a".into()],
+        });
+        let (bytes, _) = m.encode();
+        let reference = canonical_json(&serde_json::from_slice(&bytes).unwrap());
+        assert_eq!(String::from_utf8(bytes).unwrap(), String::from_utf8(reference).unwrap());
     }
 
     #[test]

@@ -67,7 +67,11 @@ pub async fn fetch_chunk(store: &dyn Store, chunk: &ChunkRef) -> Result<Bytes> {
     if stored.len() as u64 != chunk.stored_size {
         return Err(chunk::CorruptChunk {
             digest: chunk.digest,
-            detail: format!("its stored object is {} bytes, the manifest says {}", stored.len(), chunk.stored_size),
+            detail: format!(
+                "its stored object is {} bytes, the manifest says {}",
+                stored.len(),
+                chunk.stored_size
+            ),
         }
         .into());
     }
@@ -109,7 +113,12 @@ impl std::fmt::Debug for ChunkReader {
 impl ChunkReader {
     /// Must be created inside the runtime; read it from a blocking thread.
     pub fn new(store: Arc<dyn Store>, chunks: Vec<ChunkRef>) -> Self {
-        Self { store, chunks: chunks.into_iter(), current: Bytes::new(), handle: tokio::runtime::Handle::current() }
+        Self {
+            store,
+            chunks: chunks.into_iter(),
+            current: Bytes::new(),
+            handle: tokio::runtime::Handle::current(),
+        }
     }
 }
 
@@ -117,7 +126,8 @@ impl Read for ChunkReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         while self.current.is_empty() {
             let Some(chunk) = self.chunks.next() else { return Ok(0) };
-            self.current = self.handle.block_on(fetch_chunk(&*self.store, &chunk)).map_err(std::io::Error::other)?;
+            self.current =
+                self.handle.block_on(fetch_chunk(&*self.store, &chunk)).map_err(std::io::Error::other)?;
         }
         let n = self.current.len().min(buf.len());
         buf[..n].copy_from_slice(&self.current[..n]);
@@ -159,7 +169,8 @@ async fn pump<T: Send + 'static>(
 ) -> Result<T> {
     progress.total.store(manifest.size, Ordering::Relaxed);
     let (tx, rx) = mpsc::channel::<Result<Bytes>>(concurrency.max(2));
-    let consumer = tokio::task::spawn_blocking(move || consume(&mut ChannelReader { rx, current: Bytes::new() }));
+    let consumer =
+        tokio::task::spawn_blocking(move || consume(&mut ChannelReader { rx, current: Bytes::new() }));
     let mut stream = std::pin::pin!(chunk_stream(store, manifest.chunks.clone(), concurrency));
     let mut fetch_error = None;
     while let Some(item) = stream.next().await {
@@ -221,7 +232,8 @@ pub async fn fetch_to_dir(
     let finished = extracted.and_then(|report| {
         if target.exists() {
             // An empty directory: rename(2) replaces it atomically.
-            std::fs::remove_dir(target).map_err(Error::io(format!("cannot replace `{}`", target.display())))?;
+            std::fs::remove_dir(target)
+                .map_err(Error::io(format!("cannot replace `{}`", target.display())))?;
         }
         std::fs::rename(&staging, target)
             .map_err(Error::io(format!("cannot move the restored tree into `{}`", target.display())))?;
@@ -243,7 +255,10 @@ fn create_staging(target: &Path) -> Result<PathBuf> {
         if !empty_dir {
             return Err(Error::Io {
                 context: format!("cannot restore into `{}`", target.display()),
-                source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "it exists and is not an empty directory"),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "it exists and is not an empty directory",
+                ),
             });
         }
     }

@@ -47,8 +47,11 @@ pub async fn verify(
 ) -> Result<VerifyReport> {
     let mut report = VerifyReport::default();
     let all = ids.is_empty();
-    let ids: Vec<SnapshotId> =
-        if all { catalog::list_snapshots(&**store).await?.into_iter().map(|(id, _)| id).collect() } else { ids.to_vec() };
+    let ids: Vec<SnapshotId> = if all {
+        catalog::list_snapshots(&**store).await?.into_iter().map(|(id, _)| id).collect()
+    } else {
+        ids.to_vec()
+    };
     // Each distinct (digest, sizes) once, with the first snapshot that uses it.
     let mut chunks: HashMap<ChunkRef, SnapshotId> = HashMap::new();
     for id in &ids {
@@ -60,11 +63,15 @@ pub async fn verify(
                 }
             }
             Err(Error::Store(e)) => return Err(Error::Store(e)),
-            Err(e) => report.problems.push(Problem { object: format!("snapshot {id}"), detail: e.to_string() }),
+            Err(e) => {
+                report.problems.push(Problem { object: format!("snapshot {id}"), detail: e.to_string() })
+            }
         }
     }
     report.chunks = chunks.len();
-    progress.total.store(chunks.keys().map(|c| if read_data { c.stored_size } else { 1 }).sum(), Ordering::Relaxed);
+    progress
+        .total
+        .store(chunks.keys().map(|c| if read_data { c.stored_size } else { 1 }).sum(), Ordering::Relaxed);
     let checks = futures::stream::iter(chunks)
         .map(|(chunk, id)| {
             let store = store.clone();
@@ -80,7 +87,10 @@ pub async fn verify(
             Err(Error::Store(e)) if !e.is_not_found() => return Err(Error::Store(e)),
             Err(e) => report.problems.push(Problem {
                 object: format!("chunk {}", chunk.digest),
-                detail: format!("{} (used by snapshot {id})", strip_chunk_prefix(&e.to_string(), &chunk.digest)),
+                detail: format!(
+                    "{} (used by snapshot {id})",
+                    strip_chunk_prefix(&e.to_string(), &chunk.digest)
+                ),
             }),
         }
     }
@@ -102,7 +112,8 @@ async fn check_chunk(store: &dyn Store, chunk: &ChunkRef, read_data: bool) -> Re
         restore::fetch_chunk(store, chunk).await?;
         return Ok(chunk.stored_size);
     }
-    let corrupt = |detail: String| -> Error { crate::chunk::CorruptChunk { digest: chunk.digest, detail }.into() };
+    let corrupt =
+        |detail: String| -> Error { crate::chunk::CorruptChunk { digest: chunk.digest, detail }.into() };
     match store.head(&layout::chunk(&chunk.digest)).await? {
         None => Err(corrupt(format!("it is missing from {}", store.location()))),
         Some(meta) if meta.size != chunk.stored_size => Err(corrupt(format!(
@@ -121,7 +132,10 @@ async fn check_pointers(store: &dyn Store, report: &mut VerifyReport) -> Result<
         match catalog::read_key(store, &key).await {
             Ok(Some(KeyRecord { snapshot, .. })) => {
                 if store.head(&layout::snapshot(&snapshot)).await?.is_none() {
-                    report.problems.push(Problem { object, detail: format!("it points at snapshot {snapshot}, which does not exist") });
+                    report.problems.push(Problem {
+                        object,
+                        detail: format!("it points at snapshot {snapshot}, which does not exist"),
+                    });
                 }
             }
             Ok(None) => {}

@@ -1,5 +1,12 @@
 //! One module per command; each exposes `run`, which returns the process exit code.
 
+pub mod diff;
+pub mod fetch;
+pub mod gc;
+pub mod import;
 pub mod init;
+pub mod inspect;
+pub mod ls;
 pub mod schema;
 pub mod validate;
+pub mod verify;

@@ -67,7 +67,10 @@ pub async fn round_trip(store: &dyn Store, base: &str) {
         let p = path(base, &format!("rt/{i}:obj=@+%.bin"));
         let bytes = data(len, i as u64);
         let outcome = store.put(&p, bytes.clone(), PutMode::Create).await.expect("put");
-        assert!(matches!(outcome, PutOutcome::Written { .. }), "{where_}: a first create must write, got {outcome:?}");
+        assert!(
+            matches!(outcome, PutOutcome::Written { .. }),
+            "{where_}: a first create must write, got {outcome:?}"
+        );
         let got = store.get(&p, u64::MAX).await.expect("get");
         assert!(got.bytes == bytes, "{where_}: {len} bytes did not round-trip");
     }
@@ -78,11 +81,19 @@ pub async fn create_only(store: &dyn Store, base: &str) {
     let p = path(base, "create-only");
     store.put(&p, Bytes::from_static(b"first"), PutMode::Create).await.expect("put");
     let outcome = store.put(&p, Bytes::from_static(b"second"), PutMode::Create).await.expect("second put");
-    assert_eq!(outcome, PutOutcome::AlreadyExists, "{where_}: a create over an existing object must not write");
+    assert_eq!(
+        outcome,
+        PutOutcome::AlreadyExists,
+        "{where_}: a create over an existing object must not write"
+    );
     let got = store.get(&p, 1024).await.expect("get");
     assert_eq!(&got.bytes[..], b"first", "{where_}: a create-only write replaced an object");
     store.put(&p, Bytes::from_static(b"third"), PutMode::Overwrite).await.expect("overwrite");
-    assert_eq!(&store.get(&p, 1024).await.expect("get").bytes[..], b"third", "{where_}: overwrite did not replace");
+    assert_eq!(
+        &store.get(&p, 1024).await.expect("get").bytes[..],
+        b"third",
+        "{where_}: overwrite did not replace"
+    );
 }
 
 pub async fn absence(store: &dyn Store, base: &str) {
@@ -97,14 +108,18 @@ pub async fn absence(store: &dyn Store, base: &str) {
     let q = path(base, "deleted");
     store.put(&q, Bytes::from_static(b"x"), PutMode::Create).await.expect("put");
     store.delete(&q).await.expect("delete");
-    assert!(store.get(&q, 1024).await.is_err_and(|e| e.is_not_found()), "{where_}: a deleted object is still readable");
+    assert!(
+        store.get(&q, 1024).await.is_err_and(|e| e.is_not_found()),
+        "{where_}: a deleted object is still readable"
+    );
     assert!(store.head(&q).await.expect("head").is_none(), "{where_}: a deleted object still has metadata");
 }
 
 pub async fn metadata(store: &dyn Store, base: &str) {
     let where_ = store.location();
     let p = path(base, "meta");
-    let PutOutcome::Written { etag } = store.put(&p, data(1234, 9), PutMode::Create).await.expect("put") else {
+    let PutOutcome::Written { etag } = store.put(&p, data(1234, 9), PutMode::Create).await.expect("put")
+    else {
         panic!("{where_}: first create must write");
     };
     let meta = store.head(&p).await.expect("head").expect("present");
@@ -123,10 +138,16 @@ pub async fn listing(store: &dyn Store, base: &str) {
     for name in names {
         store.put(&path(base, name), Bytes::from_static(b"x"), PutMode::Create).await.expect("put");
     }
-    let mut got: Vec<String> =
-        store.list(&format!("{base}/list/a/")).await.expect("list").into_iter().map(|m| m.path.to_string()).collect();
+    let mut got: Vec<String> = store
+        .list(&format!("{base}/list/a/"))
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|m| m.path.to_string())
+        .collect();
     got.sort();
-    let want: Vec<String> = ["list/a/1", "list/a/2", "list/a/b/3"].iter().map(|n| format!("{base}/{n}")).collect();
+    let want: Vec<String> =
+        ["list/a/1", "list/a/2", "list/a/b/3"].iter().map(|n| format!("{base}/{n}")).collect();
     assert_eq!(got, want, "{where_}: listing `list/a/` returned the wrong objects");
     let all = store.list(&format!("{base}/list/")).await.expect("list");
     assert_eq!(all.len(), names.len(), "{where_}: listing `list/` missed objects");
@@ -149,12 +170,15 @@ pub async fn bounded_get(store: &dyn Store, base: &str) {
 pub async fn compare_and_swap(store: &dyn Store, base: &str) {
     let where_ = store.location();
     let p = path(base, "cas");
-    let PutOutcome::Written { etag: first } = store.put(&p, Bytes::from_static(b"v1"), PutMode::Create).await.expect("put")
+    let PutOutcome::Written { etag: first } =
+        store.put(&p, Bytes::from_static(b"v1"), PutMode::Create).await.expect("put")
     else {
         panic!("{where_}: first create must write");
     };
-    let PutOutcome::Written { etag: second } =
-        store.put(&p, Bytes::from_static(b"v2"), PutMode::Update { etag: first.clone() }).await.expect("update")
+    let PutOutcome::Written { etag: second } = store
+        .put(&p, Bytes::from_static(b"v2"), PutMode::Update { etag: first.clone() })
+        .await
+        .expect("update")
     else {
         panic!("{where_}: an update with the current ETag must write");
     };
@@ -162,7 +186,11 @@ pub async fn compare_and_swap(store: &dyn Store, base: &str) {
         Err(StoreError::Conflict { .. }) => {}
         other => panic!("{where_}: an update with a stale ETag must be a Conflict, got {other:?}"),
     }
-    assert_eq!(&store.get(&p, 16).await.expect("get").bytes[..], b"v2", "{where_}: a lost update changed the object");
+    assert_eq!(
+        &store.get(&p, 16).await.expect("get").bytes[..],
+        b"v2",
+        "{where_}: a lost update changed the object"
+    );
     let missing = path(base, "cas-missing");
     match store.put(&missing, Bytes::from_static(b"x"), PutMode::Update { etag: second }).await {
         Err(StoreError::Conflict { .. }) => {}
@@ -192,7 +220,10 @@ pub async fn concurrent_create(store: Arc<dyn Store>, base: &str) {
             }
         }
         assert_eq!(winners.len(), 1, "{where_}: {} of 16 racing creates won (round {round})", winners.len());
-        assert!(store.get(&p, u64::MAX).await.expect("get").bytes == winners[0], "{where_}: the stored object is not the winner's");
+        assert!(
+            store.get(&p, u64::MAX).await.expect("get").bytes == winners[0],
+            "{where_}: the stored object is not the winner's"
+        );
     }
 }
 

@@ -35,10 +35,18 @@ impl LocalStore {
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let root = root.into();
         let store = format!("local store `{}`", root.display());
-        std::fs::create_dir_all(root.join(TMP_DIR))
-            .map_err(|source| StoreError::Io { store: store.clone(), operation: "create", path: root.display().to_string(), source })?;
-        let root = std::fs::canonicalize(&root)
-            .map_err(|source| StoreError::Io { store, operation: "open", path: root.display().to_string(), source })?;
+        std::fs::create_dir_all(root.join(TMP_DIR)).map_err(|source| StoreError::Io {
+            store: store.clone(),
+            operation: "create",
+            path: root.display().to_string(),
+            source,
+        })?;
+        let root = std::fs::canonicalize(&root).map_err(|source| StoreError::Io {
+            store,
+            operation: "open",
+            path: root.display().to_string(),
+            source,
+        })?;
         Ok(Self { root })
     }
 
@@ -50,7 +58,11 @@ impl LocalStore {
         self.root.join(path.as_str())
     }
 
-    fn io_error(&self, operation: &'static str, path: &ObjectPath) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    fn io_error(
+        &self,
+        operation: &'static str,
+        path: &ObjectPath,
+    ) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
         let path = path.to_string();
         move |source| StoreError::Io { store: self.location(), operation, path, source }
     }
@@ -63,7 +75,9 @@ impl LocalStore {
         let result: std::io::Result<()> = match mode {
             PutMode::Create => match std::fs::hard_link(tmp.path(), &target) {
                 Ok(()) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(PutOutcome::AlreadyExists),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    return Ok(PutOutcome::AlreadyExists);
+                }
                 Err(e) => Err(e),
             },
             PutMode::Overwrite => tmp.persist(&target).map(|_| ()).map_err(|e| e.error),
@@ -115,13 +129,26 @@ impl LocalStore {
             return Err(StoreError::NotFound { store: self.location(), path: path.to_string() });
         }
         if meta.len() > limit {
-            return Err(StoreError::TooLarge { store: self.location(), path: path.to_string(), size: meta.len(), limit });
+            return Err(StoreError::TooLarge {
+                store: self.location(),
+                path: path.to_string(),
+                size: meta.len(),
+                limit,
+            });
         }
         // The size was checked above; `take` guards against a file that grows meanwhile.
         let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
-        (&mut file).take(limit.saturating_add(1)).read_to_end(&mut bytes).map_err(self.io_error("read", path))?;
+        (&mut file)
+            .take(limit.saturating_add(1))
+            .read_to_end(&mut bytes)
+            .map_err(self.io_error("read", path))?;
         if bytes.len() as u64 > limit {
-            return Err(StoreError::TooLarge { store: self.location(), path: path.to_string(), size: bytes.len() as u64, limit });
+            return Err(StoreError::TooLarge {
+                store: self.location(),
+                path: path.to_string(),
+                size: bytes.len() as u64,
+                limit,
+            });
         }
         Ok(GetResult { bytes: Bytes::from(bytes), etag: etag_of(&meta) })
     }
@@ -194,7 +221,12 @@ impl LocalStore {
                     // Deleted between readdir and stat: it is simply not there any more.
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(source) => {
-                        return Err(StoreError::Io { store: self.location(), operation: "stat", path: rel.to_owned(), source });
+                        return Err(StoreError::Io {
+                            store: self.location(),
+                            operation: "stat",
+                            path: rel.to_owned(),
+                            source,
+                        });
                     }
                 }
             }

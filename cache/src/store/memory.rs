@@ -66,8 +66,9 @@ impl Store for MemoryStore {
 
     async fn get(&self, path: &ObjectPath, limit: u64) -> Result<GetResult, StoreError> {
         let objects = self.lock();
-        let stored =
-            objects.get(path).ok_or_else(|| StoreError::NotFound { store: self.location(), path: path.to_string() })?;
+        let stored = objects
+            .get(path)
+            .ok_or_else(|| StoreError::NotFound { store: self.location(), path: path.to_string() })?;
         let size = stored.bytes.len() as u64;
         if size > limit {
             return Err(StoreError::TooLarge { store: self.location(), path: path.to_string(), size, limit });

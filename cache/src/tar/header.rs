@@ -44,11 +44,19 @@ pub(crate) fn parse(block: &[u8; BLOCK], offset: u64) -> Result<RawHeader, TarEr
     }
     let number = |range: std::ops::Range<usize>, field: &'static str| -> Result<u64, TarError> {
         let value = parse_number(&block[range], field, offset)?;
-        u64::try_from(value).map_err(|_| TarError::BadField { offset, field, detail: format!("{value} is negative") })
+        u64::try_from(value).map_err(|_| TarError::BadField {
+            offset,
+            field,
+            detail: format!("{value} is negative"),
+        })
     };
     let small = |range: std::ops::Range<usize>, field: &'static str| -> Result<u32, TarError> {
         let value = number(range, field)?;
-        u32::try_from(value).map_err(|_| TarError::BadField { offset, field, detail: format!("{value} is too large") })
+        u32::try_from(value).map_err(|_| TarError::BadField {
+            offset,
+            field,
+            detail: format!("{value} is too large"),
+        })
     };
     let devices = matches!(block[156], b'3' | b'4');
     Ok(RawHeader {
@@ -104,7 +112,10 @@ pub(crate) fn parse_number(field: &[u8], name: &'static str, offset: u64) -> Res
     let mut value: i64 = 0;
     for &b in text {
         if !(b'0'..=b'7').contains(&b) {
-            return Err(bad(format!("`{}` is not an octal number", String::from_utf8_lossy(field).trim_end_matches('\0'))));
+            return Err(bad(format!(
+                "`{}` is not an octal number",
+                String::from_utf8_lossy(field).trim_end_matches('\0')
+            )));
         }
         value = value
             .checked_mul(8)

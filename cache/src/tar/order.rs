@@ -13,8 +13,8 @@
 
 use std::io::{Read, Seek, SeekFrom, Write};
 
-use super::{TarError, TarReader};
 use super::header::BLOCK;
+use super::{TarError, TarReader};
 
 /// Sort key of a path in canonical order.
 pub type CanonicalKey = Vec<u8>;
@@ -85,7 +85,8 @@ pub fn reorder<R: Read>(input: R, spill_dir: &std::path::Path) -> Result<Reorder
                     what: "preceded by a PAX global header in a stream that is not in canonical order".into(),
                 });
             }
-            let end = entry.data_offset + entry.size + (BLOCK as u64 - entry.size % BLOCK as u64) % BLOCK as u64;
+            let end =
+                entry.data_offset + entry.size + (BLOCK as u64 - entry.size % BLOCK as u64) % BLOCK as u64;
             index.push((canonical_key(&entry.path), entry.offset, end));
         }
         reader.drain()?;
@@ -137,7 +138,8 @@ mod tests {
     fn keys_order_like_docker_export() {
         let mut paths: Vec<&[u8]> = vec![b"a.txt", b"a/z", b"./", b"a/", b"b", b"a/b/c", b"A"];
         paths.sort_by_key(|p| canonical_key(p));
-        let shown: Vec<String> = paths.iter().map(|p| String::from_utf8_lossy(&display_path(p)).into_owned()).collect();
+        let shown: Vec<String> =
+            paths.iter().map(|p| String::from_utf8_lossy(&display_path(p)).into_owned()).collect();
         assert_eq!(shown, [".", "A", "a", "a/b/c", "a/z", "a.txt", "b"]);
     }
 

@@ -173,8 +173,13 @@ impl<R: Read> TarReader<R> {
                     pending.after_global |= global;
                     parse_pax(&data, offset, &mut pending, self.limits, global)?;
                 }
-                b'L' => pending.long_name = Some(trim_nul(self.read_extension(&raw, offset, "GNU long name")?)),
-                b'K' => pending.long_link = Some(trim_nul(self.read_extension(&raw, offset, "GNU long link name")?)),
+                b'L' => {
+                    pending.long_name = Some(trim_nul(self.read_extension(&raw, offset, "GNU long name")?))
+                }
+                b'K' => {
+                    pending.long_link =
+                        Some(trim_nul(self.read_extension(&raw, offset, "GNU long link name")?))
+                }
                 _ => return self.finish_entry(raw, first_offset.unwrap_or(offset), pending).map(Some),
             }
         }
@@ -204,9 +209,15 @@ impl<R: Read> TarReader<R> {
         let link = pending.pax.remove("linkpath").or(pending.long_link).unwrap_or(raw.linkname);
         let pax_number = |key: &'static str, value: u64| -> Result<u64, TarError> {
             match pending.pax.get(key) {
-                Some(text) => std::str::from_utf8(text).ok().and_then(|t| t.trim().parse().ok()).ok_or_else(|| {
-                    TarError::BadField { offset, field: key, detail: "the PAX value is not a number".into() }
-                }),
+                Some(text) => {
+                    std::str::from_utf8(text).ok().and_then(|t| t.trim().parse().ok()).ok_or_else(|| {
+                        TarError::BadField {
+                            offset,
+                            field: key,
+                            detail: "the PAX value is not a number".into(),
+                        }
+                    })
+                }
                 None => Ok(value),
             }
         };
@@ -222,7 +233,11 @@ impl<R: Read> TarReader<R> {
             None => (raw.mtime, 0),
         };
         if path.is_empty() {
-            return Err(TarError::BadField { offset, field: "name", detail: "the entry has an empty name".into() });
+            return Err(TarError::BadField {
+                offset,
+                field: "name",
+                detail: "the entry has an empty name".into(),
+            });
         }
         let link = matches!(kind, EntryKind::Symlink | EntryKind::Hardlink).then_some(link);
         // Whatever the type, `size` bytes of data follow (some writers give hard links data).
@@ -286,7 +301,10 @@ impl<R: Read> TarReader<R> {
             let want = usize::try_from(self.padding).unwrap_or(BLOCK).min(BLOCK);
             let n = self.inner.read(&mut self.scratch[..want])?;
             if n == 0 {
-                return Err(TarError::Truncated { offset: self.pos, context: "the padding after an entry".into() });
+                return Err(TarError::Truncated {
+                    offset: self.pos,
+                    context: "the padding after an entry".into(),
+                });
             }
             self.pos += n as u64;
             self.padding -= n as u64;
@@ -327,9 +345,19 @@ impl<R: Read> TarReader<R> {
         Ok(Some(block))
     }
 
-    fn read_extension(&mut self, raw: &RawHeader, offset: u64, what: &'static str) -> Result<Vec<u8>, TarError> {
+    fn read_extension(
+        &mut self,
+        raw: &RawHeader,
+        offset: u64,
+        what: &'static str,
+    ) -> Result<Vec<u8>, TarError> {
         if raw.size > self.limits.max_extension {
-            return Err(TarError::TooLarge { offset, what, size: raw.size, limit: self.limits.max_extension });
+            return Err(TarError::TooLarge {
+                offset,
+                what,
+                size: raw.size,
+                limit: self.limits.max_extension,
+            });
         }
         // Bounded just above, so the allocation is too.
         let mut data = vec![0u8; usize::try_from(raw.size).unwrap_or(0)];
@@ -361,7 +389,13 @@ fn trim_nul(mut data: Vec<u8>) -> Vec<u8> {
 }
 
 /// `"%d %s=%s\n"` records; the length counts the whole record.
-fn parse_pax(data: &[u8], offset: u64, pending: &mut Pending, limits: Limits, global: bool) -> Result<(), TarError> {
+fn parse_pax(
+    data: &[u8],
+    offset: u64,
+    pending: &mut Pending,
+    limits: Limits,
+    global: bool,
+) -> Result<(), TarError> {
     let bad = |detail: &str| TarError::BadField { offset, field: "pax", detail: detail.to_owned() };
     let mut rest = data;
     while !rest.is_empty() {
@@ -369,7 +403,8 @@ fn parse_pax(data: &[u8], offset: u64, pending: &mut Pending, limits: Limits, gl
         if rest[0] == 0 {
             break;
         }
-        let space = rest.iter().take(20).position(|&b| b == b' ').ok_or_else(|| bad("a record has no length"))?;
+        let space =
+            rest.iter().take(20).position(|&b| b == b' ').ok_or_else(|| bad("a record has no length"))?;
         let len: usize = std::str::from_utf8(&rest[..space])
             .ok()
             .and_then(|t| t.parse().ok())
@@ -402,7 +437,13 @@ fn parse_pax(data: &[u8], offset: u64, pending: &mut Pending, limits: Limits, gl
     Ok(())
 }
 
-fn push_xattr(pending: &mut Pending, name: Vec<u8>, value: Vec<u8>, offset: u64, limits: Limits) -> Result<(), TarError> {
+fn push_xattr(
+    pending: &mut Pending,
+    name: Vec<u8>,
+    value: Vec<u8>,
+    offset: u64,
+    limits: Limits,
+) -> Result<(), TarError> {
     if pending.xattrs.len() >= limits.max_xattrs {
         return Err(TarError::TooLarge {
             offset,
@@ -483,7 +524,9 @@ mod tests {
 
     #[test]
     fn reads_entries_with_pax_and_data() {
-        let pax = pax_record("path", &"d/".repeat(100)) + &pax_record("SCHILY.xattr.user.k", "v") + &pax_record("mtime", "12.5");
+        let pax = pax_record("path", &"d/".repeat(100))
+            + &pax_record("SCHILY.xattr.user.k", "v")
+            + &pax_record("mtime", "12.5");
         let mut tar = Vec::new();
         tar.extend_from_slice(&header("pax", b'x', pax.len() as u64));
         let mut padded = pax.into_bytes();
@@ -523,7 +566,10 @@ mod tests {
 
         let mut damaged = header("f", b'0', 0);
         damaged[0] = b'g';
-        assert!(matches!(TarReader::new(&damaged[..]).next_entry(), Err(TarError::BadChecksum { offset: 0 })));
+        assert!(matches!(
+            TarReader::new(&damaged[..]).next_entry(),
+            Err(TarError::BadChecksum { offset: 0 })
+        ));
 
         let huge = header("x", b'x', 1 << 30);
         assert!(matches!(TarReader::new(&huge[..]).next_entry(), Err(TarError::TooLarge { .. })));
