@@ -45,7 +45,7 @@ pub async fn fetch_dir(store: &Arc<dyn Store>, id: &SnapshotId, dir: &Path) -> R
     .await
 }
 
-#[derive(Clone, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct SharedVec(Arc<Mutex<Vec<u8>>>);
 
 impl Write for SharedVec {

@@ -138,8 +138,13 @@ fn xattrs(path: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
         .collect()
 }
 
-/// Every entry under `root` (relative path → facts), plus the hard link groups.
-fn survey(root: &Path) -> (BTreeMap<Vec<u8>, Facts>, Vec<Vec<Vec<u8>>>) {
+/// Relative path → facts.
+type Entries = BTreeMap<Vec<u8>, Facts>;
+/// Paths that share an inode.
+type LinkGroups = Vec<Vec<Vec<u8>>>;
+
+/// Every entry under `root`, plus the hard link groups.
+fn survey(root: &Path) -> (Entries, LinkGroups) {
     let mut out = BTreeMap::new();
     let mut inodes: HashMap<u64, Vec<Vec<u8>>> = HashMap::new();
     let mut stack = vec![root.to_path_buf()];
@@ -171,7 +176,7 @@ fn survey(root: &Path) -> (BTreeMap<Vec<u8>, Facts>, Vec<Vec<Vec<u8>>>) {
             },
         );
     }
-    let mut groups: Vec<Vec<Vec<u8>>> = inodes
+    let mut groups: LinkGroups = inodes
         .into_values()
         .map(|mut g| {
             g.sort();
