@@ -64,7 +64,7 @@ pub async fn verify(
             }
             Err(Error::Store(e)) => return Err(Error::Store(e)),
             Err(e) => {
-                report.problems.push(Problem { object: format!("snapshot {id}"), detail: e.to_string() })
+                report.problems.push(Problem { object: format!("snapshot {id}"), detail: e.to_string() });
             }
         }
     }

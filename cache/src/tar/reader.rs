@@ -174,11 +174,11 @@ impl<R: Read> TarReader<R> {
                     parse_pax(&data, offset, &mut pending, self.limits, global)?;
                 }
                 b'L' => {
-                    pending.long_name = Some(trim_nul(self.read_extension(&raw, offset, "GNU long name")?))
+                    pending.long_name = Some(trim_nul(self.read_extension(&raw, offset, "GNU long name")?));
                 }
                 b'K' => {
                     pending.long_link =
-                        Some(trim_nul(self.read_extension(&raw, offset, "GNU long link name")?))
+                        Some(trim_nul(self.read_extension(&raw, offset, "GNU long link name")?));
                 }
                 _ => return self.finish_entry(raw, first_offset.unwrap_or(offset), pending).map(Some),
             }
