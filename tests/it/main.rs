@@ -4,4 +4,5 @@
 // Test helpers may panic: a panic is a failed test with its message.
 #![allow(clippy::unwrap_used)]
 
+mod store;
 mod validate;

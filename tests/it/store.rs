@@ -1,0 +1,184 @@
+//! The store commands through the binary: the stdout contract (the id alone on the last line),
+//! exit codes, damage named on stderr, and a failed fetch leaving nothing behind.
+
+use std::path::Path;
+
+use assert_cmd::Command;
+use envbuild_cache::testing::{RawEntry, write_tar};
+
+fn envbuild(store: &Path) -> Command {
+    let mut cmd = Command::cargo_bin("envbuild").unwrap();
+    cmd.env_remove("RUST_LOG").env("ENVBUILD_STORE", store);
+    cmd
+}
+
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()[1]
+        })
+        .collect()
+}
+
+fn sample_tar(seed: u64) -> Vec<u8> {
+    write_tar(&[
+        RawEntry::dir("etc"),
+        RawEntry::file("etc/hostname", b"envbuild\n"),
+        RawEntry::file("opt/data.bin", &noise(6 * 1024 * 1024, seed)),
+        RawEntry::symlink("usr-bin", "/usr/bin"),
+    ])
+}
+
+/// Imports `tar` from stdin and returns the id, checking it is the last line of stdout.
+fn import(store: &Path, tar: Vec<u8>) -> String {
+    let out = envbuild(store).args(["import", "-"]).write_stdin(tar).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let id = stdout.lines().last().unwrap().to_owned();
+    assert!(id.starts_with("sha256:") && id.len() == 71, "{stdout:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("imported stdin") && stderr.contains("already stored"), "{stderr}");
+    id
+}
+
+#[test]
+fn import_fetch_round_trip_and_listing() {
+    let work = tempfile::tempdir().unwrap();
+    let store = work.path().join("store");
+    let tar = sample_tar(1);
+    let tar_file = work.path().join("in.tar");
+    std::fs::write(&tar_file, &tar).unwrap();
+    let id = import(&store, tar.clone());
+    // A file gives the same id as stdin.
+    let out = envbuild(&store).arg("import").arg(&tar_file).output().unwrap();
+    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), id);
+
+    let back = work.path().join("back.tar");
+    envbuild(&store).args(["fetch", &id, "--tar"]).arg(&back).assert().success();
+    assert_eq!(std::fs::read(&back).unwrap(), tar);
+    let out = envbuild(&store).args(["fetch", &id[7..19], "--tar", "-"]).output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(out.stdout, tar, "a unique prefix resolves and stdout gets the exact bytes");
+
+    let dir = work.path().join("rootfs");
+    envbuild(&store).args(["fetch", &id, "--to"]).arg(&dir).assert().success();
+    assert_eq!(std::fs::read(dir.join("etc/hostname")).unwrap(), b"envbuild\n");
+    assert_eq!(std::fs::read_link(dir.join("usr-bin")).unwrap(), Path::new("/usr/bin"));
+
+    let out = envbuild(&store).args(["ls", "--json"]).output().unwrap();
+    let listing: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listing[0]["id"], id.as_str());
+    assert_eq!(
+        listing[0]["entries"], 4,
+        "the entries of the stream: etc, etc/hostname, opt/data.bin, usr-bin"
+    );
+
+    let out = envbuild(&store).args(["inspect", &id, "--json"]).output().unwrap();
+    let inspected: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(inspected["manifest"]["format"], "envbuild.snapshot.v1");
+    envbuild(&store).args(["verify", "--read-data"]).assert().success();
+}
+
+#[test]
+fn diff_names_added_removed_and_changed_files() {
+    let work = tempfile::tempdir().unwrap();
+    let store = work.path().join("store");
+    let old = import(
+        &store,
+        write_tar(&[
+            RawEntry::file("keep", b"same"),
+            RawEntry::file("gone", b"x"),
+            RawEntry::file("edit", b"v1"),
+        ]),
+    );
+    let new = import(
+        &store,
+        write_tar(&[
+            RawEntry::file("edit", b"v2!"),
+            RawEntry::file("keep", b"same"),
+            RawEntry::file("new", b"n"),
+        ]),
+    );
+    let out = envbuild(&store).args(["diff", &old, &new]).output().unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.contains("+ new"), "{stdout}");
+    assert!(stdout.contains("- gone"), "{stdout}");
+    assert!(stdout.contains("~ edit (content; 2 B -> 3 B)"), "{stdout}");
+    assert!(!stdout.contains("keep"), "{stdout}");
+}
+
+#[test]
+fn damage_fails_verify_and_fetch_and_leaves_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let store = work.path().join("store");
+    let id = import(&store, sample_tar(2));
+    // Delete one chunk file behind the store's back.
+    let chunk = walk(&store.join("v1/chunks"))
+        .into_iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let digest = format!("sha256:{}", chunk.file_name().unwrap().to_string_lossy());
+    std::fs::remove_file(&chunk).unwrap();
+
+    let out = envbuild(&store).arg("verify").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&digest) && stderr.contains("missing"), "{stderr}");
+
+    let dir = work.path().join("rootfs");
+    let out = envbuild(&store).args(["fetch", &id, "--to"]).arg(&dir).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&digest));
+    assert!(!dir.exists(), "a failed fetch must leave nothing at the target");
+    let leftovers: Vec<_> = std::fs::read_dir(work.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(leftovers.len(), 1, "only the store remains: {leftovers:?}");
+
+    let tar_out = work.path().join("out.tar");
+    let out = envbuild(&store).args(["fetch", &id, "--tar"]).arg(&tar_out).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!tar_out.exists(), "a failed fetch must not leave a partial tar");
+}
+
+#[test]
+fn usage_and_lookup_errors() {
+    let work = tempfile::tempdir().unwrap();
+    let store = work.path().join("store");
+    envbuild(&store).args(["fetch", "abc"]).assert().code(2);
+    let out = envbuild(&store).args(["fetch", "deadbeefcafe", "--tar", "-"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no snapshot"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = envbuild(&store).args(["import", "-"]).write_stdin(noise(5000, 1)).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a valid tar stream"));
+}
+
+#[test]
+fn gc_removes_only_unreferenced_chunks() {
+    let work = tempfile::tempdir().unwrap();
+    let store = work.path().join("store");
+    let keep = import(&store, sample_tar(3));
+    let drop = import(&store, sample_tar(4));
+    std::fs::remove_file(store.join("v1/snapshots").join(&drop[7..])).unwrap();
+    let out = envbuild(&store).args(["gc", "--grace", "0s", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["removed_chunks"].as_u64().unwrap() >= 1, "{report}");
+    envbuild(&store).args(["verify", "--read-data", &keep]).assert().success();
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() { out.extend(walk(&path)) } else { out.push(path) }
+    }
+    out
+}
