@@ -29,9 +29,14 @@ pub struct GlobalArgs {
     /// More log output on stderr (-v: debug, -vv: trace). `RUST_LOG` overrides it.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
-    /// The snapshot store: a directory or `file://` URL. Default: `~/.cache/envbuild`.
+    /// The snapshot store: a directory, `file://PATH` or `s3://BUCKET/PREFIX`. Default:
+    /// `~/.cache/envbuild`. S3 settings come from the AWS environment (`AWS_REGION`,
+    /// `AWS_ENDPOINT_URL`, credentials).
     #[arg(long, global = true, env = env::STORE, value_name = "LOCATION")]
     pub store: Option<String>,
+    /// Use an S3 server that ignores `If-None-Match` (racing writers could overwrite each other).
+    #[arg(long, global = true, env = env::ALLOW_UNCONDITIONAL)]
+    pub allow_unconditional_writes: bool,
     /// Chunks transferred, compressed or checked at once. Default: twice the number of cores.
     #[arg(short = 'j', long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub jobs: Option<u16>,
@@ -97,6 +102,16 @@ pub enum Command {
     /// (it says which), and never removes anything younger than `--grace`, so an import in
     /// progress elsewhere is never cut short.
     Gc(GcArgs),
+    /// Copy a snapshot and its key records to another store, sending only what it lacks.
+    ///
+    /// Chunks go first, then the manifest, then the key records, so an interrupted push leaves
+    /// no visible snapshot and a second push resumes where it stopped. Every chunk is re-hashed
+    /// on the way.
+    #[command(after_help = "Example:\n  envbuild push sha256:3f2a... --to s3://my-bucket/envbuild")]
+    Push(PushArgs),
+    /// Copy a snapshot and its key records from another store into this one.
+    #[command(after_help = "Example:\n  envbuild pull sha256:3f2a... --from s3://my-bucket/envbuild")]
+    Pull(PullArgs),
     /// Write a commented starter `.cursor/environment.json` and `.cursor/Dockerfile`.
     ///
     /// The install command is guessed from the lock files in the repository (npm, pnpm, yarn,
@@ -192,6 +207,24 @@ pub struct GcArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// The snapshot in this store: its id, a unique prefix, or a ref name.
+    pub snapshot: String,
+    /// The destination store.
+    #[arg(long, value_name = "LOCATION")]
+    pub to: String,
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// The snapshot in the source store: its id, a unique prefix, or a ref name.
+    pub snapshot: String,
+    /// The source store.
+    #[arg(long, value_name = "LOCATION")]
+    pub from: String,
 }
 
 #[derive(Debug, Args)]

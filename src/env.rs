@@ -5,3 +5,9 @@ pub const REPO: &str = "ENVBUILD_REPO";
 
 /// The snapshot store (`--store`).
 pub const STORE: &str = "ENVBUILD_STORE";
+
+/// Largest size of the local cache of remote stores (`10G`, `512M`).
+pub const CACHE_MAX: &str = "ENVBUILD_CACHE_MAX";
+
+/// Accept an S3 server that ignores conditional writes (`--allow-unconditional-writes`).
+pub const ALLOW_UNCONDITIONAL: &str = "ENVBUILD_ALLOW_UNCONDITIONAL_WRITES";

@@ -50,6 +50,8 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Diff(args) => commands::diff::run(global, args).await,
         Command::Verify(args) => commands::verify::run(global, args).await,
         Command::Gc(args) => commands::gc::run(global, args).await,
+        Command::Push(args) => commands::transfer::push(global, args).await,
+        Command::Pull(args) => commands::transfer::pull(global, args).await,
     }
 }
 

@@ -19,6 +19,7 @@
 //! - [`catalog`]: snapshots, key records, refs, and resolving a query to an id.
 //! - [`verify`], [`gc`], [`diff`], [`lease`]: checking, collecting, comparing, and keeping
 //!   collection and writers apart.
+//! - [`transfer`]: copying snapshots between stores (`push`, `pull`).
 
 pub mod catalog;
 pub mod chunk;
@@ -37,6 +38,7 @@ pub mod store;
 pub mod tar;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod transfer;
 pub mod verify;
 
 pub use digest::{Digest, SnapshotId};

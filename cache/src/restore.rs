@@ -27,24 +27,57 @@ use crate::layout;
 use crate::manifest::{self, ChunkRef, MAX_MANIFEST_BYTES, Manifest};
 use crate::store::{Store, StoreError};
 
+/// Attempts at reading one object that keeps failing verification before the damage is
+/// reported: a bit flipped in transit or a damaged cached copy heals on a re-read, damage in
+/// the store does not.
+const VERIFY_ATTEMPTS: u32 = 3;
+
 /// Reads and checks the manifest of `id`.
 pub async fn read_manifest(store: &dyn Store, id: &SnapshotId) -> Result<Manifest> {
-    let bytes = match store.get(&layout::snapshot(id), MAX_MANIFEST_BYTES).await {
-        Ok(got) => got.bytes,
-        Err(StoreError::NotFound { .. }) => {
-            return Err(Error::NoSuchSnapshot { id: *id, store: store.location() });
+    let path = layout::snapshot(id);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let bytes = match store.get(&path, MAX_MANIFEST_BYTES).await {
+            Ok(got) => got.bytes,
+            Err(StoreError::NotFound { .. }) => {
+                return Err(Error::NoSuchSnapshot { id: *id, store: store.location() });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let id = *id;
+        let decoded = tokio::task::spawn_blocking(move || Manifest::decode(&bytes, &id))
+            .await
+            .map_err(|e| Error::Internal(format!("a manifest decoding task failed: {e}")))?;
+        match decoded {
+            Ok(manifest) => return Ok(manifest),
+            Err(e) if attempt < VERIFY_ATTEMPTS => {
+                tracing::warn!("{e}; reading it again");
+                store.invalidate(&path).await;
+            }
+            Err(e) => return Err(e.into()),
         }
-        Err(e) => return Err(e.into()),
-    };
-    let id = *id;
-    tokio::task::spawn_blocking(move || Manifest::decode(&bytes, &id))
-        .await
-        .map_err(|e| Error::Internal(format!("a manifest decoding task failed: {e}")))?
-        .map_err(Error::from)
+    }
 }
 
-/// Fetches one chunk and verifies it.
-pub async fn fetch_chunk(store: &dyn Store, chunk: &ChunkRef) -> Result<Bytes> {
+/// Fetches one chunk's stored object and checks it; returns the stored (compressed) bytes and
+/// the raw bytes.
+async fn fetch_checked(store: &dyn Store, chunk: &ChunkRef) -> Result<(Bytes, Bytes)> {
+    let path = layout::chunk(&chunk.digest);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match fetch_once(store, chunk).await {
+            Err(Error::Corrupt(e)) if attempt < VERIFY_ATTEMPTS && !e.detail.starts_with("it is missing") => {
+                tracing::warn!("{e}; reading it again");
+                store.invalidate(&path).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn fetch_once(store: &dyn Store, chunk: &ChunkRef) -> Result<(Bytes, Bytes)> {
     let path = layout::chunk(&chunk.digest);
     let stored = match store.get(&path, manifest::zstd_bound(chunk.size)).await {
         Ok(got) => got.bytes,
@@ -76,10 +109,23 @@ pub async fn fetch_chunk(store: &dyn Store, chunk: &ChunkRef) -> Result<Bytes> {
         .into());
     }
     let chunk = *chunk;
-    tokio::task::spawn_blocking(move || chunk::decode(&stored, &chunk.digest, chunk.size))
-        .await
-        .map_err(|e| Error::Internal(format!("a decompression task failed: {e}")))?
-        .map_err(Error::from)
+    let raw = {
+        let stored = stored.clone();
+        tokio::task::spawn_blocking(move || chunk::decode(&stored, &chunk.digest, chunk.size))
+            .await
+            .map_err(|e| Error::Internal(format!("a decompression task failed: {e}")))??
+    };
+    Ok((stored, raw))
+}
+
+/// Fetches one chunk and verifies it; returns its raw bytes.
+pub async fn fetch_chunk(store: &dyn Store, chunk: &ChunkRef) -> Result<Bytes> {
+    fetch_checked(store, chunk).await.map(|(_, raw)| raw)
+}
+
+/// Fetches one chunk's stored object, verified, for copying to another store as it is.
+pub async fn fetch_stored_chunk(store: &dyn Store, chunk: &ChunkRef) -> Result<Bytes> {
+    fetch_checked(store, chunk).await.map(|(stored, _)| stored)
 }
 
 /// The verified raw bytes of `chunks`, in order, `concurrency` fetched at once.

@@ -8,7 +8,7 @@ use crate::cli::{DiffArgs, GlobalArgs};
 use crate::{format, output, store};
 
 pub async fn run(global: &GlobalArgs, args: &DiffArgs) -> anyhow::Result<ExitCode> {
-    let store = store::open(global.store.as_deref())?;
+    let store = store::open(global).await?;
     let old_id = catalog::resolve(&*store, &args.old).await?;
     let new_id = catalog::resolve(&*store, &args.new).await?;
     let old = restore::read_manifest(&*store, &old_id).await?;

@@ -13,7 +13,7 @@ use crate::cli::{FetchArgs, GlobalArgs};
 use crate::{format, progress, store, ui};
 
 pub async fn run(global: &GlobalArgs, args: &FetchArgs) -> anyhow::Result<ExitCode> {
-    let store = store::open(global.store.as_deref())?;
+    let store = store::open(global).await?;
     let id = catalog::resolve(&*store, &args.snapshot).await?;
     let manifest = restore::read_manifest(&*store, &id).await?;
     let counters = Arc::new(Progress::default());

@@ -8,7 +8,7 @@ use crate::cli::{GcArgs, GlobalArgs};
 use crate::{format, output, store, ui};
 
 pub async fn run(global: &GlobalArgs, args: &GcArgs) -> anyhow::Result<ExitCode> {
-    let store = store::open(global.store.as_deref())?;
+    let store = store::open(global).await?;
     let options = GcOptions { grace: args.grace, dry_run: args.dry_run, concurrency: crate::jobs(global) };
     let report = gc::gc(&store, options).await?;
     if args.json {

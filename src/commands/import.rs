@@ -12,7 +12,7 @@ use crate::cli::{GlobalArgs, ImportArgs};
 use crate::{format, output, progress, store, ui};
 
 pub async fn run(global: &GlobalArgs, args: &ImportArgs) -> anyhow::Result<ExitCode> {
-    let store = store::open(global.store.as_deref())?;
+    let store = store::open(global).await?;
     let counters = Arc::new(Progress::default());
     let (input, name): (Box<dyn Read + Send>, String) = if args.input == "-" {
         (Box::new(std::io::stdin()), "stdin".to_owned())

@@ -9,7 +9,7 @@ use crate::cli::{GlobalArgs, InspectArgs};
 use crate::{format, output, store};
 
 pub async fn run(global: &GlobalArgs, args: &InspectArgs) -> anyhow::Result<ExitCode> {
-    let store = store::open(global.store.as_deref())?;
+    let store = store::open(global).await?;
     let id = catalog::resolve(&*store, &args.snapshot).await?;
     let manifest = restore::read_manifest(&*store, &id).await?;
     if args.json {

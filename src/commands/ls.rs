@@ -20,7 +20,7 @@ struct Row {
 }
 
 pub async fn run(global: &GlobalArgs, args: &LsArgs) -> anyhow::Result<ExitCode> {
-    let store = store::open(global.store.as_deref())?;
+    let store = store::open(global).await?;
     let snapshots = catalog::list_snapshots(&*store).await?;
     let rows: Vec<(Row, std::time::SystemTime)> = futures::stream::iter(snapshots)
         .map(|(id, meta)| {

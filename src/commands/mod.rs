@@ -8,5 +8,6 @@ pub mod init;
 pub mod inspect;
 pub mod ls;
 pub mod schema;
+pub mod transfer;
 pub mod validate;
 pub mod verify;

@@ -10,7 +10,7 @@ use crate::cli::{GlobalArgs, VerifyArgs};
 use crate::{format, output, store, ui};
 
 pub async fn run(global: &GlobalArgs, args: &VerifyArgs) -> anyhow::Result<ExitCode> {
-    let store = store::open(global.store.as_deref())?;
+    let store = store::open(global).await?;
     let mut ids = Vec::new();
     for query in &args.snapshots {
         ids.push(catalog::resolve(&*store, query).await?);

@@ -18,13 +18,23 @@
 //! Integrity (re-hashing what was read) is not the backend's job; the callers that know what an
 //! object must hash to check it (`chunk`, `manifest`).
 
+pub mod cached;
 pub mod local;
 pub mod memory;
+pub mod open;
+pub mod retry;
+#[cfg(feature = "s3")]
+pub mod s3;
 
 #[cfg(feature = "testing")]
 pub mod conformance;
+#[cfg(feature = "testing")]
+pub mod counting;
+#[cfg(feature = "testing")]
+pub mod faulty;
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -98,7 +108,7 @@ pub enum StoreError {
         /// Whether trying again may succeed (a 5xx, a timeout, a throttle).
         retryable: bool,
     },
-    #[error("{store} is not usable: {message}")]
+    #[error("{store} is not usable: {message}{}", hint.as_ref().map(|h| format!("\nhint: {h}")).unwrap_or_default())]
     Unusable { store: String, message: String, hint: Option<String> },
 }
 
@@ -119,7 +129,7 @@ impl StoreError {
                     | std::io::ErrorKind::ConnectionAborted
                     | std::io::ErrorKind::UnexpectedEof
             ),
-            StoreError::Conflict { .. } => true,
+            // A lost compare-and-swap is an answer, not a failure: the caller must re-read.
             _ => false,
         }
     }
@@ -153,5 +163,62 @@ pub trait Store: Send + Sync + fmt::Debug {
     async fn sweep_abandoned(&self, cutoff: SystemTime) -> Result<u64, StoreError> {
         let _ = cutoff;
         Ok(0)
+    }
+
+    /// Forgets any local copy of the object at `path`: a reader found it damaged, and the next
+    /// read must go to the source. Stores without copies ignore it.
+    async fn invalidate(&self, path: &ObjectPath) {
+        let _ = path;
+    }
+}
+
+#[async_trait]
+impl<T: Store + ?Sized> Store for Arc<T> {
+    fn location(&self) -> String {
+        (**self).location()
+    }
+    async fn put(&self, path: &ObjectPath, data: Bytes, mode: PutMode) -> Result<PutOutcome, StoreError> {
+        (**self).put(path, data, mode).await
+    }
+    async fn get(&self, path: &ObjectPath, limit: u64) -> Result<GetResult, StoreError> {
+        (**self).get(path, limit).await
+    }
+    async fn head(&self, path: &ObjectPath) -> Result<Option<ObjectMeta>, StoreError> {
+        (**self).head(path).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        (**self).list(prefix).await
+    }
+    async fn delete(&self, path: &ObjectPath) -> Result<(), StoreError> {
+        (**self).delete(path).await
+    }
+    async fn sweep_abandoned(&self, cutoff: SystemTime) -> Result<u64, StoreError> {
+        (**self).sweep_abandoned(cutoff).await
+    }
+    async fn invalidate(&self, path: &ObjectPath) {
+        (**self).invalidate(path).await;
+    }
+}
+
+/// Checks that `store` honours create-only writes: a second create of one path must find the
+/// first. A server that ignores `If-None-Match: *` would let racing writers overwrite each
+/// other silently, so such a store is refused unless the caller opts out.
+pub async fn check_conditional_writes(store: &dyn Store) -> Result<(), StoreError> {
+    let path = ObjectPath::new(format!("v1/probe/conditional-{:016x}", rand::random::<u64>()))?;
+    store.put(&path, Bytes::from_static(b"first"), PutMode::Create).await?;
+    let second = store.put(&path, Bytes::from_static(b"second"), PutMode::Create).await;
+    let kept = store.get(&path, 64).await.map(|got| got.bytes);
+    store.delete(&path).await?;
+    match (second?, kept?) {
+        (PutOutcome::AlreadyExists, bytes) if bytes.as_ref() == b"first" => Ok(()),
+        _ => Err(StoreError::Unusable {
+            store: store.location(),
+            message: "the server ignores `If-None-Match: *`, so create-only writes would silently overwrite each other"
+                .to_owned(),
+            hint: Some(
+                "use a server with conditional writes (AWS S3, MinIO, moto), or accept the risk with --allow-unconditional-writes"
+                    .to_owned(),
+            ),
+        }),
     }
 }

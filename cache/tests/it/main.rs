@@ -8,6 +8,8 @@ mod hostile;
 mod integrity;
 mod order;
 mod roundtrip;
+mod s3;
+mod transfer;
 
 use std::io::Write;
 use std::path::Path;
