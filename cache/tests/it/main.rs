@@ -1,7 +1,7 @@
 //! Integration tests of the snapshot store through its library API. One binary, one module
 //! per area; helpers here.
 
-#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc, clippy::print_stderr, unreachable_pub)]
 
 mod conformance;
 mod hostile;
