@@ -2,7 +2,8 @@
 //! area.
 
 // Test helpers may panic: a panic is a failed test with its message.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
 
+mod s3;
 mod store;
 mod validate;
