@@ -216,6 +216,9 @@ pub struct PushArgs {
     /// The destination store.
     #[arg(long, value_name = "LOCATION")]
     pub to: String,
+    /// Print a JSON report on stdout instead of the id.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -225,6 +228,9 @@ pub struct PullArgs {
     /// The source store.
     #[arg(long, value_name = "LOCATION")]
     pub from: String,
+    /// Print a JSON report on stdout instead of the id.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -7,9 +7,16 @@
 //! chunks, and a second copy skips what already arrived. Two copies of one snapshot racing
 //! each other both succeed: create-only writes make the loser's writes no-ops. The copy holds a
 //! write lease on the destination so its `gc` cannot run meanwhile.
+//!
+//! Asking the destination about each chunk (`head`) before sending it doubles the requests of
+//! a first copy, and against object stores requests, not bytes, are the cost. So the copy
+//! adapts: it asks while answers say "present" often enough to be worth it (a sibling of a
+//! snapshot already there), and once nearly every answer is "absent" it sends chunks
+//! create-only without asking; a chunk that was there after all costs its bytes, never its
+//! correctness.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::{StreamExt, TryStreamExt};
 
@@ -65,11 +72,12 @@ async fn copy_leased(
         ..CopyReport::default()
     };
     progress.total.store(report.total_bytes, Ordering::Relaxed);
+    let asking = Arc::new(Asking::default());
     let copied: Vec<Option<u64>> = futures::stream::iter(chunks)
         .map(|chunk| {
-            let (from, to, progress) = (from.clone(), to.clone(), progress.clone());
+            let (from, to, progress, asking) = (from.clone(), to.clone(), progress.clone(), asking.clone());
             async move {
-                let sent = copy_chunk(&from, &to, &chunk).await?;
+                let sent = copy_chunk(&from, &to, &chunk, &asking).await?;
                 progress.bytes.fetch_add(chunk.stored_size, Ordering::Relaxed);
                 progress.chunks.fetch_add(1, Ordering::Relaxed);
                 Ok::<_, crate::Error>(sent)
@@ -93,19 +101,53 @@ async fn copy_leased(
     Ok(report)
 }
 
+/// Whether asking the destination before sending still pays (see the module docs).
+#[derive(Debug, Default)]
+struct Asking {
+    asked: AtomicU64,
+    absent: AtomicU64,
+}
+
+impl Asking {
+    /// Answers seen before deciding, and the share of "absent" above which asking stops.
+    const SAMPLE: u64 = 16;
+    const ABSENT_SHARE: f64 = 0.9;
+
+    fn worth_it(&self) -> bool {
+        let asked = self.asked.load(Ordering::Relaxed);
+        #[allow(clippy::cast_precision_loss)]
+        let absent_share = self.absent.load(Ordering::Relaxed) as f64 / asked.max(1) as f64;
+        asked < Self::SAMPLE || absent_share < Self::ABSENT_SHARE
+    }
+
+    fn record(&self, present: bool) {
+        self.asked.fetch_add(1, Ordering::Relaxed);
+        if !present {
+            self.absent.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Sends one chunk unless the destination has it; the stored bytes sent, if any.
-async fn copy_chunk(from: &Arc<dyn Store>, to: &Arc<dyn Store>, chunk: &ChunkRef) -> Result<Option<u64>> {
+async fn copy_chunk(from: &Arc<dyn Store>, to: &Arc<dyn Store>, chunk: &ChunkRef, asking: &Asking) -> Result<Option<u64>> {
     let path = layout::chunk(&chunk.digest);
-    let existing = to.head(&path).await?;
-    if existing.as_ref().is_some_and(|meta| meta.size == chunk.stored_size) {
-        return Ok(None);
+    let mut mode = PutMode::Create;
+    if asking.worth_it() {
+        let existing = to.head(&path).await?;
+        asking.record(existing.is_some());
+        match existing {
+            Some(meta) if meta.size == chunk.stored_size => return Ok(None),
+            // An object of another size under this name is a damaged copy: replace it.
+            Some(_) => mode = PutMode::Overwrite,
+            None => {}
+        }
     }
     let stored = restore::fetch_stored_chunk(&**from, chunk).await?;
     let len = stored.len() as u64;
-    // An object of another size under this name is a damaged copy: replace it.
-    let mode = if existing.is_some() { PutMode::Overwrite } else { PutMode::Create };
-    to.put(&path, stored, mode).await?;
-    Ok(Some(len))
+    match to.put(&path, stored, mode).await? {
+        PutOutcome::Written { .. } => Ok(Some(len)),
+        PutOutcome::AlreadyExists => Ok(None),
+    }
 }
 
 /// The key records of `store` that point at `id`.

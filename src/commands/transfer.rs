@@ -14,13 +14,13 @@ use crate::{format, output, progress, store, ui};
 pub async fn push(global: &GlobalArgs, args: &PushArgs) -> anyhow::Result<ExitCode> {
     let from = store::open(global).await?;
     let to = store::open_at(Some(&args.to), global).await?;
-    copy(global, &from, &to, &args.snapshot, "pushing").await
+    copy(global, &from, &to, &args.snapshot, "pushing", args.json).await
 }
 
 pub async fn pull(global: &GlobalArgs, args: &PullArgs) -> anyhow::Result<ExitCode> {
     let from = store::open_at(Some(&args.from), global).await?;
     let to = store::open(global).await?;
-    copy(global, &from, &to, &args.snapshot, "pulling").await
+    copy(global, &from, &to, &args.snapshot, "pulling", args.json).await
 }
 
 async fn copy(
@@ -29,6 +29,7 @@ async fn copy(
     to: &Arc<dyn Store>,
     query: &str,
     verb: &'static str,
+    json: bool,
 ) -> anyhow::Result<ExitCode> {
     let id = catalog::resolve(&**from, query).await?;
     let counters = Arc::new(Progress::default());
@@ -54,6 +55,21 @@ async fn copy(
         if report.keys == 1 { "" } else { "s" },
         if report.published { "" } else { "; the destination already had the snapshot" },
     ));
-    output::line(id);
+    if json {
+        output::json(&serde_json::json!({
+            "id": id,
+            "from": from.location(),
+            "to": to.location(),
+            "seconds": elapsed.as_secs_f64(),
+            "chunks": report.chunks,
+            "copied_chunks": report.copied_chunks,
+            "copied_bytes": report.copied_bytes,
+            "total_bytes": report.total_bytes,
+            "keys": report.keys,
+            "published": report.published,
+        }))?;
+    } else {
+        output::line(id);
+    }
     Ok(ExitCode::SUCCESS)
 }
