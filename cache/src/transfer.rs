@@ -129,7 +129,12 @@ impl Asking {
 }
 
 /// Sends one chunk unless the destination has it; the stored bytes sent, if any.
-async fn copy_chunk(from: &Arc<dyn Store>, to: &Arc<dyn Store>, chunk: &ChunkRef, asking: &Asking) -> Result<Option<u64>> {
+async fn copy_chunk(
+    from: &Arc<dyn Store>,
+    to: &Arc<dyn Store>,
+    chunk: &ChunkRef,
+    asking: &Asking,
+) -> Result<Option<u64>> {
     let path = layout::chunk(&chunk.digest);
     let mut mode = PutMode::Create;
     if asking.worth_it() {
