@@ -1,1 +1,29 @@
-//! Builds environments with the Docker Engine (see DESIGN §1, §3). Filled in by the builder issue.
+//! Builds development environments with the Docker Engine: the system image from a Dockerfile,
+//! the install run with the repository at `/workspace`, the export of the result; and the
+//! two cache keys that let an unchanged repository skip all of it. Knows nothing of the
+//! snapshot store: the binary connects the export stream to it.
+//!
+//! # Layout
+//! - [`engine`]: the [`ContainerEngine`](engine::ContainerEngine) trait; [`docker`]: its
+//!   implementation on bollard (the only file that imports it).
+//! - [`keys`]: the system key, the env key and the manifest of their inputs; `explain`.
+//! - [`dockerfile`], [`dockerignore`], [`context`]: what a build is made of.
+//! - [`inputs`]: the repository's files as git tracks them.
+//! - [`tree`]: file sets, their fingerprints and deterministic tar streams.
+//! - [`passwd`]: who `user` is inside an image.
+//! - [`pipeline`]: the build steps; [`cleanup`]: removing what they created, on every path.
+
+pub mod cleanup;
+pub mod context;
+pub mod docker;
+pub mod dockerfile;
+pub mod dockerignore;
+pub mod engine;
+pub mod error;
+pub mod inputs;
+pub mod keys;
+pub mod passwd;
+pub mod pipeline;
+pub mod tree;
+
+pub use error::{BuildError, Result};

@@ -1,0 +1,424 @@
+//! The Docker Engine, through bollard: the only file that imports it.
+//!
+//! The engine is found through `DOCKER_HOST`, else the default socket; the API version is
+//! negotiated once (Debian's engine speaks 1.41, bollard defaults to a newer one). Builds use
+//! the classic builder (`/build` with version 1), which needs no BuildKit. bollard reports a
+//! failed build as an `Ok` item carrying an error, and a non-zero container exit as an `Err`;
+//! both are mapped here so callers see one model.
+
+use std::collections::{BTreeMap, HashMap};
+
+use async_trait::async_trait;
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::errors::Error as BollardError;
+use bollard::models::{ContainerCreateBody, ExecConfig, HostConfig};
+use bollard::query_parameters::{
+    BuildImageOptionsBuilder, BuilderVersion, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
+    DownloadFromContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder, StopContainerOptionsBuilder,
+    UploadToContainerOptionsBuilder,
+};
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+
+use crate::engine::{
+    BuildEvent, BuildRequest, BuildStream, ByteStream, ContainerEngine, ContainerInfo, ContainerSpec,
+    EngineError, ExecSpec, ImageConfig, ImageInfo, Output, OutputStream,
+};
+
+#[derive(Debug, Clone)]
+pub struct DockerEngine {
+    docker: Docker,
+    endpoint: String,
+}
+
+fn endpoint() -> String {
+    std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".to_owned())
+}
+
+impl DockerEngine {
+    /// Connects and negotiates the API version; an engine that does not answer is an error
+    /// with a hint.
+    pub async fn connect() -> Result<Self, EngineError> {
+        let endpoint = endpoint();
+        let unreachable = |detail: String| {
+            EngineError::Unreachable {
+            endpoint: endpoint.clone(),
+            detail,
+            hint: "start the engine (`dockerd`, or `bash scripts/test` here, which starts it), or point DOCKER_HOST at one"
+                .to_owned(),
+        }
+        };
+        let docker = Docker::connect_with_defaults().map_err(|e| unreachable(e.to_string()))?;
+        let docker = tokio::time::timeout(std::time::Duration::from_secs(10), docker.negotiate_version())
+            .await
+            .map_err(|_| unreachable("no answer within 10 s".to_owned()))?
+            .map_err(|e| unreachable(e.to_string()))?;
+        Ok(Self { docker, endpoint })
+    }
+
+    fn failed(operation: impl Into<String>) -> impl FnOnce(BollardError) -> EngineError {
+        let operation = operation.into();
+        move |e| EngineError::Failed { operation, detail: describe(&e) }
+    }
+}
+
+/// The engine's message, without bollard's wrapping.
+fn describe(e: &BollardError) -> String {
+    match e {
+        BollardError::DockerResponseServerError { status_code, message } => {
+            format!("{message} (HTTP {status_code})")
+        }
+        other => other.to_string(),
+    }
+}
+
+fn is_not_found(e: &BollardError) -> bool {
+    matches!(e, BollardError::DockerResponseServerError { status_code: 404, .. })
+}
+
+fn output(item: LogOutput) -> Option<Output> {
+    match item {
+        LogOutput::StdOut { message } | LogOutput::Console { message } => Some(Output::Stdout(message)),
+        LogOutput::StdErr { message } => Some(Output::Stderr(message)),
+        LogOutput::StdIn { .. } => None,
+    }
+}
+
+fn labels_map(labels: &BTreeMap<String, String>) -> HashMap<String, String> {
+    labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// `docker import --change` instructions that restore `config`.
+fn changes(config: &ImageConfig, labels: &BTreeMap<String, String>) -> Vec<String> {
+    let json = |v: &[String]| serde_json::to_string(v).unwrap_or_default();
+    let mut out = Vec::new();
+    for env in &config.env {
+        if let Some((name, value)) = env.split_once('=') {
+            out.push(format!("ENV {name}={}", serde_json::Value::String(value.to_owned())));
+        }
+    }
+    if let Some(dir) = &config.working_dir {
+        out.push(format!("WORKDIR {dir}"));
+    }
+    if let Some(user) = &config.user {
+        out.push(format!("USER {user}"));
+    }
+    if let Some(entrypoint) = &config.entrypoint {
+        out.push(format!("ENTRYPOINT {}", json(entrypoint)));
+    }
+    if let Some(cmd) = &config.cmd {
+        out.push(format!("CMD {}", json(cmd)));
+    }
+    for port in &config.exposed_ports {
+        out.push(format!("EXPOSE {port}"));
+    }
+    for (key, value) in labels {
+        out.push(format!(
+            "LABEL {}={}",
+            serde_json::Value::String(key.clone()),
+            serde_json::Value::String(value.clone())
+        ));
+    }
+    out
+}
+
+#[async_trait]
+impl ContainerEngine for DockerEngine {
+    fn endpoint(&self) -> String {
+        self.endpoint.clone()
+    }
+
+    async fn image(&self, reference: &str) -> Result<Option<ImageInfo>, EngineError> {
+        match self.docker.inspect_image(reference).await {
+            Ok(image) => {
+                let config = image.config.unwrap_or_default();
+                Ok(Some(ImageInfo {
+                    id: image.id.unwrap_or_default(),
+                    labels: config.labels.clone().unwrap_or_default().into_iter().collect(),
+                    config: ImageConfig {
+                        env: config.env.unwrap_or_default(),
+                        working_dir: config.working_dir.filter(|d| !d.is_empty()),
+                        user: config.user.filter(|u| !u.is_empty()),
+                        entrypoint: config.entrypoint,
+                        cmd: config.cmd,
+                        exposed_ports: config.exposed_ports.unwrap_or_default(),
+                    },
+                }))
+            }
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(Self::failed(format!("inspect the image `{reference}`"))(e)),
+        }
+    }
+
+    async fn build(&self, request: BuildRequest) -> Result<BuildStream, EngineError> {
+        let options = BuildImageOptionsBuilder::default()
+            .dockerfile(&request.dockerfile)
+            .t(&request.tag)
+            .rm(true)
+            .forcerm(true)
+            .nocache(request.no_cache)
+            .networkmode(request.network.as_str())
+            .labels(&labels_map(&request.labels))
+            .version(BuilderVersion::BuilderV1)
+            .build();
+        let docker = self.docker.clone();
+        let stream = async_stream_build(docker, options, request.context);
+        Ok(stream)
+    }
+
+    async fn import(
+        &self,
+        rootfs: ByteStream,
+        repo_tag: &str,
+        config: &ImageConfig,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<String, EngineError> {
+        let (repo, tag) =
+            repo_tag.rsplit_once(':').filter(|(_, t)| !t.contains('/')).unwrap_or((repo_tag, "latest"));
+        let options = CreateImageOptionsBuilder::default()
+            .from_src("-")
+            .repo(repo)
+            .tag(tag)
+            .changes(changes(config, labels))
+            .build();
+        let body = bollard::body_try_stream(rootfs.map_err(|e| std::io::Error::other(e.to_string())));
+        let mut events = self.docker.create_image(Some(options), Some(body), None);
+        while let Some(event) = events.next().await {
+            let event = event.map_err(Self::failed(format!("import the image `{repo_tag}`")))?;
+            if let Some(detail) = event.error_detail.and_then(|d| d.message) {
+                return Err(EngineError::Failed {
+                    operation: format!("import the image `{repo_tag}`"),
+                    detail,
+                });
+            }
+        }
+        let image = self.image(repo_tag).await?;
+        image
+            .map(|i| i.id)
+            .ok_or_else(|| EngineError::NotFound { what: "imported image", name: repo_tag.to_owned() })
+    }
+
+    async fn remove_image(&self, id: &str) -> Result<(), EngineError> {
+        let options = RemoveImageOptionsBuilder::default().force(true).build();
+        match self.docker.remove_image(id, Some(options), None).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(Self::failed(format!("remove the image `{id}`"))(e)),
+        }
+    }
+
+    async fn create_container(&self, spec: &ContainerSpec) -> Result<String, EngineError> {
+        let mut options = CreateContainerOptionsBuilder::default();
+        if let Some(name) = &spec.name {
+            options = options.name(name);
+        }
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            entrypoint: spec.entrypoint.clone(),
+            cmd: Some(spec.cmd.clone()),
+            user: spec.user.clone(),
+            working_dir: spec.working_dir.clone(),
+            env: Some(spec.env.clone()),
+            labels: Some(labels_map(&spec.labels)),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            host_config: Some(HostConfig {
+                network_mode: Some(spec.network.as_str().to_owned()),
+                ..HostConfig::default()
+            }),
+            ..ContainerCreateBody::default()
+        };
+        let created = self
+            .docker
+            .create_container(Some(options.build()), body)
+            .await
+            .map_err(Self::failed(format!("create a container from `{}`", spec.image)))?;
+        Ok(created.id)
+    }
+
+    async fn upload(&self, container: &str, path: &str, tar: ByteStream) -> Result<(), EngineError> {
+        let options = UploadToContainerOptionsBuilder::default().path(path).build();
+        let body = bollard::body_try_stream(tar.map_err(|e| std::io::Error::other(e.to_string())));
+        self.docker
+            .upload_to_container(container, Some(options), body)
+            .await
+            .map_err(Self::failed(format!("copy files into `{path}` of the container")))
+    }
+
+    async fn download(&self, container: &str, path: &str) -> Result<Option<Bytes>, EngineError> {
+        let options = DownloadFromContainerOptionsBuilder::default().path(path).build();
+        let mut stream = self.docker.download_from_container(container, Some(options));
+        let mut out = Vec::new();
+        while let Some(piece) = stream.next().await {
+            match piece {
+                Ok(bytes) => out.extend_from_slice(&bytes),
+                Err(e) if is_not_found(&e) => return Ok(None),
+                Err(e) => return Err(Self::failed(format!("read `{path}` from the container"))(e)),
+            }
+        }
+        Ok(Some(Bytes::from(out)))
+    }
+
+    async fn start(&self, container: &str) -> Result<(), EngineError> {
+        self.docker.start_container(container, None).await.map_err(Self::failed("start the container"))
+    }
+
+    async fn follow_output(&self, container: &str) -> Result<OutputStream, EngineError> {
+        let options = LogsOptionsBuilder::default().follow(true).stdout(true).stderr(true).build();
+        let stream = self.docker.logs(container, Some(options)).filter_map(|item| async move {
+            match item {
+                Ok(out) => output(out).map(Ok),
+                Err(e) => Some(Err(EngineError::Failed {
+                    operation: "read the container's output".into(),
+                    detail: describe(&e),
+                })),
+            }
+        });
+        Ok(Box::pin(stream))
+    }
+
+    async fn wait(&self, container: &str) -> Result<i64, EngineError> {
+        let mut stream = self.docker.wait_container(container, None);
+        match stream.next().await {
+            Some(Ok(status)) => Ok(status.status_code),
+            // bollard reports a non-zero exit as an error carrying the code.
+            Some(Err(BollardError::DockerContainerWaitError { code, .. })) => Ok(code),
+            Some(Err(e)) => Err(Self::failed("wait for the container")(e)),
+            None => Err(EngineError::Failed {
+                operation: "wait for the container".into(),
+                detail: "no answer".into(),
+            }),
+        }
+    }
+
+    async fn export(&self, container: &str) -> Result<ByteStream, EngineError> {
+        let stream = self.docker.export_container(container).map_err(|e| EngineError::Failed {
+            operation: "export the container".into(),
+            detail: describe(&e),
+        });
+        Ok(Box::pin(stream))
+    }
+
+    async fn stop(&self, container: &str, timeout_secs: i64) -> Result<(), EngineError> {
+        let options =
+            StopContainerOptionsBuilder::default().t(i32::try_from(timeout_secs).unwrap_or(10)).build();
+        match self.docker.stop_container(container, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(BollardError::DockerResponseServerError { status_code: 304 | 404, .. }) => Ok(()),
+            Err(e) => Err(Self::failed("stop the container")(e)),
+        }
+    }
+
+    async fn remove_container(&self, container: &str) -> Result<(), EngineError> {
+        let options = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
+        match self.docker.remove_container(container, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            // Already being removed by an earlier request.
+            Err(BollardError::DockerResponseServerError { status_code: 409, .. }) => Ok(()),
+            Err(e) => Err(Self::failed(format!("remove the container `{container}`"))(e)),
+        }
+    }
+
+    async fn containers(&self, label: &str) -> Result<Vec<ContainerInfo>, EngineError> {
+        let filters = HashMap::from([("label".to_owned(), vec![label.to_owned()])]);
+        let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+        let list =
+            self.docker.list_containers(Some(options)).await.map_err(Self::failed("list containers"))?;
+        Ok(list
+            .into_iter()
+            .map(|c| ContainerInfo {
+                id: c.id.unwrap_or_default(),
+                name: c
+                    .names
+                    .and_then(|n| n.into_iter().next())
+                    .unwrap_or_default()
+                    .trim_start_matches('/')
+                    .to_owned(),
+                image: c.image.unwrap_or_default(),
+                running: c.state.is_some_and(|s| s.to_string() == "running"),
+                labels: c.labels.unwrap_or_default().into_iter().collect(),
+            })
+            .collect())
+    }
+
+    async fn exec(&self, container: &str, spec: &ExecSpec) -> Result<(String, OutputStream), EngineError> {
+        let config = ExecConfig {
+            cmd: Some(spec.cmd.clone()),
+            user: spec.user.clone(),
+            working_dir: spec.working_dir.clone(),
+            env: Some(spec.env.clone()),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            ..ExecConfig::default()
+        };
+        let created =
+            self.docker.create_exec(container, config).await.map_err(Self::failed("create an exec"))?;
+        let started =
+            self.docker.start_exec(&created.id, None).await.map_err(Self::failed("start an exec"))?;
+        let bollard::exec::StartExecResults::Attached { output: stream, .. } = started else {
+            return Err(EngineError::Failed {
+                operation: "start an exec".into(),
+                detail: "it did not attach".into(),
+            });
+        };
+        let stream = stream.filter_map(|item| async move {
+            match item {
+                Ok(out) => output(out).map(Ok),
+                Err(e) => Some(Err(EngineError::Failed {
+                    operation: "read an exec's output".into(),
+                    detail: describe(&e),
+                })),
+            }
+        });
+        Ok((created.id, Box::pin(stream)))
+    }
+
+    async fn exec_exit_code(&self, exec: &str) -> Result<Option<i64>, EngineError> {
+        let inspected = self.docker.inspect_exec(exec).await.map_err(Self::failed("inspect an exec"))?;
+        Ok(if inspected.running == Some(true) { None } else { inspected.exit_code })
+    }
+}
+
+/// The build stream: output lines as they come, then the image id; a failure is an `Err`
+/// item. A task owns the engine handle and feeds a channel, since bollard's stream borrows it.
+fn async_stream_build(
+    docker: Docker,
+    options: bollard::query_parameters::BuildImageOptions,
+    context: ByteStream,
+) -> BuildStream {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<BuildEvent, EngineError>>(64);
+    let body = bollard::body_try_stream(context.map_err(|e| std::io::Error::other(e.to_string())));
+    tokio::spawn(async move {
+        let mut events = docker.build_image(options, None, Some(body));
+        while let Some(item) = events.next().await {
+            let mapped: Vec<Result<BuildEvent, EngineError>> = match item {
+                Err(e) => vec![Err(EngineError::Failed {
+                    operation: "build the image".into(),
+                    detail: describe(&e),
+                })],
+                Ok(info) => {
+                    let mut out = Vec::new();
+                    if let Some(line) = info.stream {
+                        out.push(Ok(BuildEvent::Output(line)));
+                    }
+                    if let Some(detail) = info.error_detail.and_then(|d| d.message) {
+                        out.push(Err(EngineError::Failed { operation: "build the image".into(), detail }));
+                    }
+                    if let Some(id) = info.aux.and_then(|a| a.id) {
+                        out.push(Ok(BuildEvent::Built(id)));
+                    }
+                    out
+                }
+            };
+            for event in mapped {
+                if tx.send(event).await.is_err() {
+                    return; // the reader went away (cancelled)
+                }
+            }
+        }
+    });
+    Box::pin(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }))
+}

@@ -1,0 +1,260 @@
+//! The two cache keys and the manifest of every input behind them (DESIGN §3).
+//!
+//! - The **system key** names the system image: the Dockerfile's bytes, the build context's
+//!   files (`.dockerignore` honoured), the id of every base image (a tag is never trusted), the
+//!   build args, the platform and the user. A change here rebuilds the image.
+//! - The **env key** names the snapshot: the system key, the install command, the install
+//!   inputs (the repository's files as git tracks them), and the environment install sees
+//!   (non-secret names and values; secret *versions*, never values). A change here re-runs
+//!   install on the cached system image.
+//!
+//! Each key is `sha256:` + the hex digest of the canonical JSON of its inputs (sorted maps,
+//! fixed field order, a format version first, so that changing what feeds a key is a
+//! deliberate, versioned act). The [`KeyManifest`] keeps every input with its fingerprint;
+//! it is stored in each snapshot so [`explain`] can name what differs between two builds.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
+
+pub const SYSTEM_FORMAT: &str = "envbuild.system-key.v1";
+pub const ENV_FORMAT: &str = "envbuild.env-key.v1";
+
+/// What the system image is made of.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SystemInputs {
+    pub format: String,
+    /// `sha256:` of the Dockerfile's bytes; absent when the base is a snapshot.
+    pub dockerfile: Option<String>,
+    /// Context path → fingerprint (`file 644 git:…`, `symlink target`, `dir`).
+    pub context: BTreeMap<String, String>,
+    /// Base image reference → image id.
+    pub bases: BTreeMap<String, String>,
+    /// The snapshot the environment starts from, instead of a Dockerfile.
+    pub base_snapshot: Option<String>,
+    pub build_args: BTreeMap<String, String>,
+    /// `os/arch`.
+    pub platform: String,
+    pub user: Option<String>,
+}
+
+/// What the snapshot adds on top of the system image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvInputs {
+    pub format: String,
+    pub system_key: String,
+    pub install: Option<String>,
+    /// Repository path → fingerprint.
+    pub inputs: BTreeMap<String, String>,
+    /// Environment variables install sees (not secrets).
+    pub env: BTreeMap<String, String>,
+    /// Secret name → version (never the value).
+    pub secrets: BTreeMap<String, String>,
+}
+
+/// Both keys and everything they are made of.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyManifest {
+    pub system_key: String,
+    pub env_key: String,
+    pub system: SystemInputs,
+    pub env: EnvInputs,
+}
+
+fn digest_of<T: Serialize>(value: &T) -> String {
+    // Plain structs and maps of strings: serializing cannot fail. Struct fields serialize in
+    // declaration order and `BTreeMap`s sorted, so the bytes are canonical.
+    let bytes = serde_json::to_vec(value).unwrap_or_default();
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes)))
+}
+
+impl KeyManifest {
+    /// Computes both keys from their inputs (`env.system_key` is filled in).
+    pub fn new(system: SystemInputs, mut env: EnvInputs) -> Self {
+        let system_key = digest_of(&system);
+        env.system_key.clone_from(&system_key);
+        let env_key = digest_of(&env);
+        Self { system_key, env_key, system, env }
+    }
+
+    /// Checks that the keys are the ones the inputs give (a stored manifest could lie).
+    pub fn is_consistent(&self) -> bool {
+        digest_of(&self.system) == self.system_key
+            && self.env.system_key == self.system_key
+            && digest_of(&self.env) == self.env_key
+    }
+}
+
+/// The platform envbuild builds for: this machine's.
+pub fn host_platform() -> String {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    format!("linux/{arch}")
+}
+
+/// One input that differs between two key manifests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Difference {
+    /// Which key it feeds: `system` or `env`.
+    pub key: &'static str,
+    /// The input: `dockerfile`, `context file src/x`, `base ubuntu:24.04`, ...
+    pub input: String,
+    pub before: Option<String>,
+    pub after: Option<String>,
+}
+
+fn compare_maps(
+    key: &'static str,
+    what: &str,
+    a: &BTreeMap<String, String>,
+    b: &BTreeMap<String, String>,
+    out: &mut Vec<Difference>,
+) {
+    for name in a.keys().chain(b.keys().filter(|k| !a.contains_key(*k))) {
+        let (before, after) = (a.get(name), b.get(name));
+        if before != after {
+            out.push(Difference {
+                key,
+                input: format!("{what} {name}"),
+                before: before.cloned(),
+                after: after.cloned(),
+            });
+        }
+    }
+}
+
+fn compare<T: PartialEq + ToString>(key: &'static str, input: &str, a: &T, b: &T, out: &mut Vec<Difference>) {
+    if a != b {
+        out.push(Difference {
+            key,
+            input: input.to_owned(),
+            before: Some(a.to_string()),
+            after: Some(b.to_string()),
+        });
+    }
+}
+
+fn opt(value: Option<&String>) -> String {
+    value.cloned().unwrap_or_else(|| "(none)".to_owned())
+}
+
+/// Every input that differs between `a` and `b`, system inputs first.
+pub fn explain(a: &KeyManifest, b: &KeyManifest) -> Vec<Difference> {
+    let mut out = Vec::new();
+    let (sa, sb) = (&a.system, &b.system);
+    compare("system", "key format", &sa.format, &sb.format, &mut out);
+    compare("system", "Dockerfile", &opt(sa.dockerfile.as_ref()), &opt(sb.dockerfile.as_ref()), &mut out);
+    compare(
+        "system",
+        "base snapshot",
+        &opt(sa.base_snapshot.as_ref()),
+        &opt(sb.base_snapshot.as_ref()),
+        &mut out,
+    );
+    compare_maps("system", "base image", &sa.bases, &sb.bases, &mut out);
+    compare_maps("system", "context file", &sa.context, &sb.context, &mut out);
+    compare_maps("system", "build arg", &sa.build_args, &sb.build_args, &mut out);
+    compare("system", "platform", &sa.platform, &sb.platform, &mut out);
+    compare("system", "user", &opt(sa.user.as_ref()), &opt(sb.user.as_ref()), &mut out);
+    let (ea, eb) = (&a.env, &b.env);
+    compare("env", "key format", &ea.format, &eb.format, &mut out);
+    compare("env", "install command", &opt(ea.install.as_ref()), &opt(eb.install.as_ref()), &mut out);
+    compare_maps("env", "input file", &ea.inputs, &eb.inputs, &mut out);
+    compare_maps("env", "environment variable", &ea.env, &eb.env, &mut out);
+    compare_maps("env", "secret version", &ea.secrets, &eb.secrets, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> KeyManifest {
+        KeyManifest::new(
+            SystemInputs {
+                format: SYSTEM_FORMAT.into(),
+                dockerfile: Some("sha256:aa".into()),
+                context: BTreeMap::from([("Dockerfile".into(), "file 644 sha256:aa".into())]),
+                bases: BTreeMap::new(),
+                base_snapshot: None,
+                build_args: BTreeMap::new(),
+                platform: "linux/amd64".into(),
+                user: Some("agent".into()),
+            },
+            EnvInputs {
+                format: ENV_FORMAT.into(),
+                system_key: String::new(),
+                install: Some("npm ci".into()),
+                inputs: BTreeMap::from([("package.json".into(), "file 644 git:11".into())]),
+                env: BTreeMap::new(),
+                secrets: BTreeMap::new(),
+            },
+        )
+    }
+
+    /// Any change to what feeds a key must change the key: each field, one at a time.
+    #[test]
+    fn every_input_feeds_its_key() {
+        let base = sample();
+        assert!(base.is_consistent());
+        let system_changes: Vec<Box<dyn Fn(&mut SystemInputs)>> = vec![
+            Box::new(|s| s.dockerfile = Some("sha256:bb".into())),
+            Box::new(|s| {
+                s.context.insert("x".into(), "dir".into());
+            }),
+            Box::new(|s| {
+                s.bases.insert("ubuntu".into(), "sha256:1".into());
+            }),
+            Box::new(|s| s.base_snapshot = Some("sha256:2".into())),
+            Box::new(|s| {
+                s.build_args.insert("A".into(), "1".into());
+            }),
+            Box::new(|s| s.platform = "linux/arm64".into()),
+            Box::new(|s| s.user = None),
+        ];
+        for change in system_changes {
+            let mut system = base.system.clone();
+            change(&mut system);
+            let changed = KeyManifest::new(system, base.env.clone());
+            assert_ne!(changed.system_key, base.system_key);
+            assert_ne!(changed.env_key, base.env_key, "the env key includes the system key");
+            assert_eq!(explain(&base, &changed).len(), 1);
+        }
+        let env_changes: Vec<Box<dyn Fn(&mut EnvInputs)>> = vec![
+            Box::new(|e| e.install = None),
+            Box::new(|e| {
+                e.inputs.insert("src/a".into(), "file 644 git:22".into());
+            }),
+            Box::new(|e| {
+                e.env.insert("NODE_ENV".into(), "test".into());
+            }),
+            Box::new(|e| {
+                e.secrets.insert("TOKEN".into(), "3".into());
+            }),
+        ];
+        for change in env_changes {
+            let mut env = base.env.clone();
+            change(&mut env);
+            let changed = KeyManifest::new(base.system.clone(), env);
+            assert_eq!(changed.system_key, base.system_key, "env inputs never touch the system key");
+            assert_ne!(changed.env_key, base.env_key);
+            let diff = explain(&base, &changed);
+            assert_eq!(diff.len(), 1, "{diff:?}");
+            assert_eq!(diff[0].key, "env");
+        }
+    }
+
+    /// The keys of a fixed input, pinned: a change here changes every user's cache.
+    #[test]
+    fn keys_are_stable() {
+        let keys = sample();
+        assert_eq!(
+            keys.system_key,
+            "sha256:c5d7aef7f5ebf202ed6263b103d494c8adf3d9db9fde687dd7886e436cf09765"
+        );
+    }
+}
