@@ -102,6 +102,23 @@ pub enum Command {
     /// (it says which), and never removes anything younger than `--grace`, so an import in
     /// progress elsewhere is never cut short.
     Gc(GcArgs),
+    /// Build the environment of a repository, or find it already built.
+    ///
+    /// Reads `.cursor/environment.json`, computes the system key (Dockerfile, build context,
+    /// base image ids, user) and the env key (system key, install command, the files git
+    /// tracks, install's environment). If the env key is in the store, prints its snapshot id
+    /// and stops: no build, no container. Otherwise builds the system image from the
+    /// Dockerfile (reused when only the env key changed), runs `install` with `sh -c` as
+    /// `user` with the repository at /workspace, streams the container's file system into the
+    /// store, and records the key. The snapshot id is the last line of stdout.
+    #[command(
+        after_help = "Examples:\n  envbuild build\n  envbuild build --repo path/to/repo --check-idempotent --json\n  ENVBUILD_STORE=s3://bucket/envbuild envbuild build"
+    )]
+    Build(BuildArgs),
+    /// Print both cache keys and every input with its hash, without building.
+    Key(KeyArgs),
+    /// Name the inputs that differ between two builds (keys or snapshot ids).
+    Explain(ExplainArgs),
     /// Copy a snapshot and its key records to another store, sending only what it lacks.
     ///
     /// Chunks go first, then the manifest, then the key records, so an interrupted push leaves
@@ -142,7 +159,7 @@ pub struct ImportArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("destination").required(true).args(["to", "tar"])))]
+#[command(group(clap::ArgGroup::new("destination").required(true).args(["to", "tar", "docker"])))]
 pub struct FetchArgs {
     /// The snapshot: its id, a unique prefix of at least 6 hex digits, or a ref name.
     pub snapshot: String,
@@ -152,6 +169,9 @@ pub struct FetchArgs {
     /// Write the tar stream to this file, or `-` for stdout.
     #[arg(long, value_name = "FILE|-")]
     pub tar: Option<String>,
+    /// Load it into the Docker engine as this image, with its OCI configuration restored.
+    #[arg(long, value_name = "REPO:TAG")]
+    pub docker: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -204,6 +224,72 @@ pub struct GcArgs {
     /// Keep unreferenced objects younger than this (`30m`, `2h`, `7days`).
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub grace: std::time::Duration,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Where the repository is and what feeds its keys.
+#[derive(Debug, Clone, Args)]
+pub struct RepoArgs {
+    /// The repository (the folder holding `.cursor/environment.json`).
+    #[arg(long, value_name = "DIR", default_value = ".", env = env::REPO)]
+    pub repo: PathBuf,
+    /// Narrow the install inputs (default: every file git tracks) to paths matching GLOB.
+    #[arg(long, value_name = "GLOB")]
+    pub input: Vec<String>,
+    /// An environment variable for install, part of the env key.
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub env: Vec<String>,
+    /// A Dockerfile build arg, part of the system key.
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub build_arg: Vec<String>,
+    /// Network for the build and install.
+    #[arg(long, value_enum, default_value = "host")]
+    pub network: NetworkArg,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum NetworkArg {
+    /// The host's network.
+    Host,
+    /// No network.
+    None,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// Build even if the key is stored (the key record then points at the new snapshot).
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Run install a second time on the result and report what it changed.
+    #[arg(long)]
+    pub check_idempotent: bool,
+    /// With --check-idempotent, a non-idempotent install is an error (exit 1).
+    #[arg(long, requires = "check_idempotent")]
+    pub strict: bool,
+    /// Print a JSON report (id, keys, hit or miss, timings, sizes) instead of the id.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct KeyArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// Print JSON: `system_key`, `env_key` and the inputs.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// A key (`sha256:...`), a snapshot id, a unique prefix or a ref.
+    pub a: String,
+    /// Another.
+    pub b: String,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,

@@ -6,6 +6,7 @@
 // A binary has no public API: `pub` inside its modules means "used by other modules".
 #![allow(unreachable_pub)]
 
+mod bridge;
 mod cli;
 mod commands;
 mod env;
@@ -50,6 +51,9 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Diff(args) => commands::diff::run(global, args).await,
         Command::Verify(args) => commands::verify::run(global, args).await,
         Command::Gc(args) => commands::gc::run(global, args).await,
+        Command::Build(args) => commands::build::run(global, args).await,
+        Command::Key(args) => commands::key::run(global, args).await,
+        Command::Explain(args) => commands::explain::run(global, args).await,
         Command::Push(args) => commands::transfer::push(global, args).await,
         Command::Pull(args) => commands::transfer::pull(global, args).await,
     }

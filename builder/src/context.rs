@@ -5,6 +5,11 @@
 //! the context. Sockets and devices are skipped. The Dockerfile and `.dockerignore` are always
 //! sent; a Dockerfile outside the context is sent as `.envbuild.Dockerfile`, as the Docker CLI
 //! does with a random name.
+//!
+//! Unlike the Docker CLI, envbuild leaves `environment.json` itself out of the context. The
+//! default context is the folder that holds it, and sending it would put the install command
+//! and the terminals into the system key, so that editing them rebuilt the image; the parts of
+//! it that matter to the image (`user`) feed the key directly.
 
 use std::path::{Path, PathBuf};
 
@@ -22,8 +27,9 @@ pub struct BuildContext {
     pub dockerfile: String,
 }
 
-/// Collects the context at `dir` for `dockerfile` (absolute paths).
-pub fn collect(dir: &Path, dockerfile: &Path) -> Result<BuildContext> {
+/// Collects the context at `dir` for `dockerfile`, leaving out the config file `config`
+/// (absolute paths).
+pub fn collect(dir: &Path, dockerfile: &Path, config: &Path) -> Result<BuildContext> {
     let ignore_path = dir.join(".dockerignore");
     let ignore = match std::fs::read_to_string(&ignore_path) {
         Ok(text) => DockerIgnore::parse(&text),
@@ -32,18 +38,16 @@ pub fn collect(dir: &Path, dockerfile: &Path) -> Result<BuildContext> {
     };
     let mut entries = Vec::new();
     walk(dir, "", &ignore, &mut entries)?;
+    entries.retain(|e| e.source != config);
     let inside = dockerfile.strip_prefix(dir).ok().map(|rel| rel.to_string_lossy().into_owned());
-    let dockerfile_path = match inside {
-        Some(rel) => {
-            if !entries.iter().any(|e: &tree::FileEntry| e.path == rel) {
-                entries.extend(tree::entry_for(rel.clone(), dockerfile.to_path_buf())?);
-            }
-            rel
+    let dockerfile_path = if let Some(rel) = inside {
+        if !entries.iter().any(|e: &tree::FileEntry| e.path == rel) {
+            entries.extend(tree::entry_for(rel.clone(), dockerfile.to_path_buf())?);
         }
-        None => {
-            entries.extend(tree::entry_for(OUTSIDE_DOCKERFILE.to_owned(), dockerfile.to_path_buf())?);
-            OUTSIDE_DOCKERFILE.to_owned()
-        }
+        rel
+    } else {
+        entries.extend(tree::entry_for(OUTSIDE_DOCKERFILE.to_owned(), dockerfile.to_path_buf())?);
+        OUTSIDE_DOCKERFILE.to_owned()
     };
     if ignore_path.exists() && !entries.iter().any(|e| e.path == ".dockerignore") {
         entries.extend(tree::entry_for(".dockerignore".to_owned(), ignore_path)?);
@@ -100,14 +104,15 @@ mod tests {
         std::fs::write(root.join("Dockerfile"), "FROM scratch\n").unwrap();
         std::fs::write(root.join(".dockerignore"), "*.log\ndocs\n!docs/keep.md\nDockerfile\n.dockerignore\n")
             .unwrap();
-        let context = collect(root, &root.join("Dockerfile")).unwrap();
+        std::fs::write(root.join("environment.json"), "{}").unwrap();
+        let context = collect(root, &root.join("Dockerfile"), &root.join("environment.json")).unwrap();
         let paths: Vec<_> = context.files.entries.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, [".dockerignore", "Dockerfile", "docs/keep.md"]);
         assert_eq!(context.dockerfile, "Dockerfile");
 
         let outside = tempfile::tempdir().unwrap();
         std::fs::write(outside.path().join("Dockerfile"), "FROM scratch\n").unwrap();
-        let context = collect(root, &outside.path().join("Dockerfile")).unwrap();
+        let context = collect(root, &outside.path().join("Dockerfile"), Path::new("/none")).unwrap();
         assert_eq!(context.dockerfile, OUTSIDE_DOCKERFILE);
     }
 }

@@ -305,8 +305,8 @@ impl ContainerEngine for DockerEngine {
         let options =
             StopContainerOptionsBuilder::default().t(i32::try_from(timeout_secs).unwrap_or(10)).build();
         match self.docker.stop_container(container, Some(options)).await {
-            Ok(()) => Ok(()),
-            Err(BollardError::DockerResponseServerError { status_code: 304 | 404, .. }) => Ok(()),
+            // Already stopped (304) or gone (404): the goal is reached.
+            Ok(()) | Err(BollardError::DockerResponseServerError { status_code: 304 | 404, .. }) => Ok(()),
             Err(e) => Err(Self::failed("stop the container")(e)),
         }
     }
@@ -314,10 +314,8 @@ impl ContainerEngine for DockerEngine {
     async fn remove_container(&self, container: &str) -> Result<(), EngineError> {
         let options = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
         match self.docker.remove_container(container, Some(options)).await {
-            Ok(()) => Ok(()),
-            Err(e) if is_not_found(&e) => Ok(()),
-            // Already being removed by an earlier request.
-            Err(BollardError::DockerResponseServerError { status_code: 409, .. }) => Ok(()),
+            // Gone (404), or already being removed by an earlier request (409).
+            Ok(()) | Err(BollardError::DockerResponseServerError { status_code: 404 | 409, .. }) => Ok(()),
             Err(e) => Err(Self::failed(format!("remove the container `{container}`"))(e)),
         }
     }

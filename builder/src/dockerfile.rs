@@ -6,7 +6,7 @@
 //! may use, as `$NAME`, `${NAME}` or `${NAME:-default}`), stage names (`FROM x AS name`, later
 //! referred to by name or index), `FROM --platform=...`, and `scratch`.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// A base image reference, as written after substitution.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -101,7 +101,7 @@ fn substitute(word: &str, args: &HashMap<String, String>) -> String {
 }
 
 /// The external images `text` builds on, sorted; `build_args` override `ARG` defaults.
-pub fn base_images(text: &str, build_args: &HashMap<String, String>) -> BTreeSet<BaseRef> {
+pub fn base_images(text: &str, build_args: &BTreeMap<String, String>) -> BTreeSet<BaseRef> {
     let mut args: HashMap<String, String> = HashMap::new();
     let mut stages: Vec<String> = Vec::new();
     let mut bases = BTreeSet::new();
@@ -156,12 +156,12 @@ mod tests {
     use super::*;
 
     fn bases(text: &str) -> Vec<String> {
-        base_images(text, &HashMap::new()).into_iter().map(|b| b.0).collect()
+        base_images(text, &BTreeMap::new()).into_iter().map(|b| b.0).collect()
     }
 
     #[test]
     fn finds_external_bases_only() {
-        let text = r#"# escape=`
+        let text = r"# escape=`
 ARG VERSION=24.04
 ARG REG
 FROM --platform=linux/amd64 ${REG:-docker.io/library}/ubuntu:$VERSION AS base
@@ -173,7 +173,7 @@ COPY --from=base /etc/os-release /x
 COPY --from=0 /a /b
 FROM scratch
 FROM alpine@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
-"#;
+";
         assert_eq!(
             bases(text),
             [
@@ -188,7 +188,7 @@ FROM alpine@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abc
 
     #[test]
     fn build_args_override_defaults() {
-        let args = HashMap::from([("V".to_owned(), "3.20".to_owned())]);
+        let args = BTreeMap::from([("V".to_owned(), "3.20".to_owned())]);
         let found: Vec<_> =
             base_images("ARG V=3.19\nFROM alpine:$V\n", &args).into_iter().map(|b| b.0).collect();
         assert_eq!(found, ["alpine:3.20"]);

@@ -52,8 +52,7 @@ fn git(repo: &Path, args: &[&str]) -> Result<Option<Vec<u8>>> {
 fn git_files(repo: &Path) -> Result<Option<Vec<FileEntry>>> {
     let Some(staged) = git(repo, &["ls-files", "-z", "--stage"])? else { return Ok(None) };
     let format = git(repo, &["rev-parse", "--show-object-format"])?
-        .map(|f| String::from_utf8_lossy(&f).trim().to_owned())
-        .unwrap_or_else(|| "sha1".to_owned());
+        .map_or_else(|| "sha1".to_owned(), |f| String::from_utf8_lossy(&f).trim().to_owned());
     let modified: std::collections::HashSet<String> = git(repo, &["diff-files", "-z", "--name-only"])?
         .unwrap_or_default()
         .split(|&b| b == 0)

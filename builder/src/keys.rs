@@ -196,12 +196,14 @@ mod tests {
         )
     }
 
+    type Change<T> = Box<dyn Fn(&mut T)>;
+
     /// Any change to what feeds a key must change the key: each field, one at a time.
     #[test]
     fn every_input_feeds_its_key() {
         let base = sample();
         assert!(base.is_consistent());
-        let system_changes: Vec<Box<dyn Fn(&mut SystemInputs)>> = vec![
+        let system_changes: Vec<Change<SystemInputs>> = vec![
             Box::new(|s| s.dockerfile = Some("sha256:bb".into())),
             Box::new(|s| {
                 s.context.insert("x".into(), "dir".into());
@@ -224,7 +226,7 @@ mod tests {
             assert_ne!(changed.env_key, base.env_key, "the env key includes the system key");
             assert_eq!(explain(&base, &changed).len(), 1);
         }
-        let env_changes: Vec<Box<dyn Fn(&mut EnvInputs)>> = vec![
+        let env_changes: Vec<Change<EnvInputs>> = vec![
             Box::new(|e| e.install = None),
             Box::new(|e| {
                 e.inputs.insert("src/a".into(), "file 644 git:22".into());

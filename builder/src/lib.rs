@@ -10,7 +10,7 @@
 //! - [`dockerfile`], [`dockerignore`], [`context`]: what a build is made of.
 //! - [`inputs`]: the repository's files as git tracks them.
 //! - [`tree`]: file sets, their fingerprints and deterministic tar streams.
-//! - [`passwd`]: who `user` is inside an image.
+//! - [`passwd`]: who `user` is inside an image; [`oci`]: the image configuration a snapshot keeps.
 //! - [`pipeline`]: the build steps; [`cleanup`]: removing what they created, on every path.
 
 pub mod cleanup;
@@ -22,6 +22,7 @@ pub mod engine;
 pub mod error;
 pub mod inputs;
 pub mod keys;
+pub mod oci;
 pub mod passwd;
 pub mod pipeline;
 pub mod tree;

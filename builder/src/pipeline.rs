@@ -3,7 +3,7 @@
 //! touches the store), which keeps a warm hit free of any engine work: [`plan`] needs the engine
 //! only to pin base images named by tag, and connects to it lazily.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -78,17 +78,22 @@ pub struct PlanOptions {
     pub network: Network,
 }
 
+/// A way to connect to the engine, run at most once.
+type Connect =
+    Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = Result<Arc<dyn ContainerEngine>>> + Send>> + Send>;
+
 /// Connects to the engine the first time it is needed.
 pub struct LazyEngine {
     engine: Option<Arc<dyn ContainerEngine>>,
-    connect: Option<
-        Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = Result<Arc<dyn ContainerEngine>>> + Send>> + Send>,
-    >,
+    connect: Option<Connect>,
 }
 
 impl std::fmt::Debug for LazyEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LazyEngine").field("connected", &self.engine.is_some()).finish()
+        f.debug_struct("LazyEngine")
+            .field("engine", &self.engine)
+            .field("connect", &self.connect.as_ref().map(|_| "pending"))
+            .finish()
     }
 }
 
@@ -141,22 +146,25 @@ pub async fn plan(loaded: &LoadedConfig, options: PlanOptions, engine: &mut Lazy
         };
         let dockerfile_text = std::fs::read_to_string(dockerfile)
             .map_err(BuildError::io(format!("cannot read the Dockerfile `{}`", dockerfile.display())))?;
-        let (dockerfile_path, context_dir) = (dockerfile.clone(), context_dir.clone());
-        let context = tokio::task::spawn_blocking(move || context::collect(&context_dir, &dockerfile_path))
-            .await
-            .map_err(|e| BuildError::Input(format!("reading the build context failed: {e}")))??;
-        let build_args: HashMap<String, String> = options.build_args.clone().into_iter().collect();
+        let (dockerfile_path, context_dir, config) =
+            (dockerfile.clone(), context_dir.clone(), paths.config_file.clone());
+        let context =
+            tokio::task::spawn_blocking(move || context::collect(&context_dir, &dockerfile_path, &config))
+                .await
+                .map_err(|e| BuildError::Input(format!("reading the build context failed: {e}")))??;
         let mut bases = BTreeMap::new();
-        for base in dockerfile::base_images(&dockerfile_text, &build_args) {
-            let id = match base.pinned_digest() {
-                Some(digest) => digest.to_owned(),
-                None => {
-                    let engine = engine.get().await?;
-                    engine.image(&base.0).await?.map(|image| image.id).ok_or_else(|| BuildError::MissingBase {
-                        reference: base.0.clone(),
-                        hint: format!("no registry may be reachable: load it (`docker pull {0}` or `docker load`), or pin it by digest (`{0}@sha256:...`)", base.0),
-                    })?
-                }
+        for base in dockerfile::base_images(&dockerfile_text, &options.build_args) {
+            let id = if let Some(digest) = base.pinned_digest() {
+                digest.to_owned()
+            } else {
+                let engine = engine.get().await?;
+                engine.image(&base.0).await?.map(|image| image.id).ok_or_else(|| BuildError::MissingBase {
+                    reference: base.0.clone(),
+                    hint: format!(
+                        "no registry may be reachable: load it (`docker pull {0}` or `docker load`), or pin it by digest (`{0}@sha256:...`)",
+                        base.0
+                    ),
+                })?
             };
             bases.insert(base.0, id);
         }

@@ -39,8 +39,13 @@ fn key(entry: &TocEntry) -> (&str, Option<&str>) {
 }
 
 pub fn diff(old: &Manifest, new: &Manifest, include_mtime: bool) -> Diff {
-    let before: BTreeMap<_, &TocEntry> = old.toc.iter().map(|e| (key(e), e)).collect();
-    let after: BTreeMap<_, &TocEntry> = new.toc.iter().map(|e| (key(e), e)).collect();
+    diff_entries(&old.toc, &new.toc, include_mtime)
+}
+
+/// The same, for two tables of contents.
+pub fn diff_entries(old: &[TocEntry], new: &[TocEntry], include_mtime: bool) -> Diff {
+    let before: BTreeMap<_, &TocEntry> = old.iter().map(|e| (key(e), e)).collect();
+    let after: BTreeMap<_, &TocEntry> = new.iter().map(|e| (key(e), e)).collect();
     let mut out = Diff::default();
     for (k, entry) in &after {
         match before.get(k) {

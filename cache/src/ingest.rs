@@ -391,19 +391,7 @@ fn scan(
                 path: String::from_utf8_lossy(&entry.path).into_owned(),
             });
         }
-        let hash = if entry.kind == EntryKind::File {
-            let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-            loop {
-                let n = tar.read_data(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-            }
-            Some(format!("xxh3:{:032x}", hasher.digest128()))
-        } else {
-            None
-        };
+        let hash = content_hash(&entry, &mut tar, &mut buf)?;
         toc.push(toc_entry(&entry, hash));
         previous = Some(key);
     }
@@ -414,6 +402,36 @@ fn scan(
     chunker.finish(&mut recorder.ready);
     recorder.send_ready().map_err(Error::io("cannot hand the last chunks to the store"))?;
     Ok(ScanEnd::Done { toc, bytes })
+}
+
+/// The table of contents of a tar stream, storing nothing: for comparing a stream with a
+/// stored snapshot (the builder's idempotency check). Runs on the calling thread.
+pub fn table_of_contents(input: &mut dyn Read) -> Result<Vec<TocEntry>> {
+    let mut tar = TarReader::new(input);
+    let mut toc = Vec::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    while let Some(entry) = tar.next_entry()? {
+        let hash = content_hash(&entry, &mut tar, &mut buf)?;
+        toc.push(toc_entry(&entry, hash));
+    }
+    tar.drain()?;
+    Ok(toc)
+}
+
+/// Reads a regular file's data and returns its content hash for the table of contents.
+fn content_hash<R: Read>(entry: &Entry, tar: &mut TarReader<R>, buf: &mut [u8]) -> Result<Option<String>> {
+    if entry.kind != EntryKind::File {
+        return Ok(None);
+    }
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    loop {
+        let n = tar.read_data(buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(Some(format!("xxh3:{:032x}", hasher.digest128())))
 }
 
 /// A name as text, with its exact bytes in base64 when they are not UTF-8.

@@ -19,6 +19,26 @@ pub async fn run(global: &GlobalArgs, args: &FetchArgs) -> anyhow::Result<ExitCo
     let counters = Arc::new(Progress::default());
     let jobs = crate::jobs(global);
     let started = Instant::now();
+    if let Some(repo_tag) = &args.docker {
+        let engine = envbuild_builder::docker::DockerEngine::connect().await?;
+        let engine: Arc<dyn envbuild_builder::engine::ContainerEngine> = Arc::new(engine);
+        let config = manifest.image_config.as_ref().map(envbuild_builder::oci::from_json).unwrap_or_default();
+        let labels = std::collections::BTreeMap::from([(
+            envbuild_builder::pipeline::SNAPSHOT_LABEL.to_owned(),
+            id.to_string(),
+        )]);
+        let rootfs = crate::bridge::snapshot_stream(store, &manifest, jobs);
+        let image = engine
+            .import(rootfs, repo_tag, &config, &labels)
+            .await
+            .with_context(|| format!("cannot load snapshot {id} into the Docker engine as `{repo_tag}`"))?;
+        ui::eprint_line(format!(
+            "loaded {id} into the Docker engine as `{repo_tag}` ({image}) in {}",
+            format::duration(started.elapsed())
+        ));
+        crate::output::line(image);
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Some(dir) = &args.to {
         let bar = progress::Bar::start(&counters, "fetching");
         let report = restore::fetch_to_dir(store, &manifest, dir, ExtractOptions::default(), jobs, counters)

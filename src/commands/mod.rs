@@ -1,11 +1,14 @@
 //! One module per command; each exposes `run`, which returns the process exit code.
 
+pub mod build;
 pub mod diff;
+pub mod explain;
 pub mod fetch;
 pub mod gc;
 pub mod import;
 pub mod init;
 pub mod inspect;
+pub mod key;
 pub mod ls;
 pub mod schema;
 pub mod transfer;

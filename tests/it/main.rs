@@ -4,6 +4,7 @@
 // Test helpers may panic: a panic is a failed test with its message.
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
+mod build;
 mod s3;
 mod store;
 mod validate;
