@@ -345,3 +345,41 @@ async fn ctrl_c_removes_the_build_containers() {
     assert_eq!(status.code(), Some(130));
     assert!(engine.containers(&label).await.unwrap().is_empty(), "Ctrl-C left the install container behind");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_build_leaves_no_layers_or_containers() {
+    let Some(engine) = engine().await else { return };
+    let repo = repo("basic");
+    let dockerfile = repo.path().join(".cursor/Dockerfile");
+    let text = std::fs::read_to_string(&dockerfile).unwrap();
+    // A fresh layer (a unique value defeats the layer cache), then a failing step.
+    let unique = format!("{:?}", std::time::SystemTime::now());
+    std::fs::write(&dockerfile, format!("{text}RUN echo '{unique}' > /made-by-this-build\nRUN exit 7\n"))
+        .unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let out = envbuild(store.path()).args(["build", "--repo"]).arg(repo.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the build of the Dockerfile failed") && stderr.contains("non-zero code: 7"),
+        "{stderr}"
+    );
+    // The layers this build made (" ---> <id>" after " ---> Running in") are gone.
+    let mut ran = false;
+    let mut layers = Vec::new();
+    for line in stderr.lines().map(str::trim) {
+        if line.starts_with("---> Running in") {
+            ran = true;
+        } else if let Some(id) = line.strip_prefix("---> ").filter(|id| id.len() == 12 && ran) {
+            layers.push(id.to_owned());
+            ran = false;
+        }
+    }
+    assert!(!layers.is_empty(), "the build made no layer: {stderr}");
+    for layer in layers {
+        assert!(
+            engine.image(&layer).await.unwrap().is_none(),
+            "layer {layer} of the failed build was left behind"
+        );
+    }
+}
