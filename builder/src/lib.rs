@@ -12,6 +12,8 @@
 //! - [`tree`]: file sets, their fingerprints and deterministic tar streams.
 //! - [`passwd`]: who `user` is inside an image; [`oci`]: the image configuration a snapshot keeps.
 //! - [`pipeline`]: the build steps; [`cleanup`]: removing what they created, on every path.
+//! - [`secrets`]: envelope encryption of secrets (local key or AWS KMS, feature `kms`);
+//!   [`redact`]: keeping their values out of every output.
 
 pub mod cleanup;
 pub mod context;
@@ -25,6 +27,8 @@ pub mod keys;
 pub mod oci;
 pub mod passwd;
 pub mod pipeline;
+pub mod redact;
+pub mod secrets;
 pub mod tree;
 
 pub use error::{BuildError, Result};

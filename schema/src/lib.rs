@@ -13,15 +13,18 @@
 //! - [`spec`]: the typed config and its normalized, canonical form.
 //! - [`json_schema`]: the schema editors use.
 //! - [`suggest`]: "did you mean" for misspelled names.
+//! - [`secret`]: the type secret values travel in, which never prints them.
 
 pub mod config;
 pub mod diagnostic;
 pub mod json_schema;
 pub mod jsonc;
+pub mod secret;
 pub mod spec;
 pub mod suggest;
 mod validate;
 
 pub use config::{DEFAULT_CONFIG_PATH, LoadedConfig, ResolvedPaths, load, load_bytes};
 pub use diagnostic::{Diagnostic, Position, Severity};
+pub use secret::SecretString;
 pub use spec::{Build, EnvironmentSpec, NamedTerminal, Port, Terminal, TerminalItem};
