@@ -34,6 +34,11 @@ pub enum Error {
     },
     #[error("{0}")]
     Busy(String),
+    #[error(
+        "the snapshot would contain secret values, so nothing was published: {}",
+        findings.iter().map(|(secret, path)| format!("`{secret}` in `{path}`")).collect::<Vec<_>>().join(", ")
+    )]
+    Leak { findings: Vec<(String, String)> },
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -21,6 +21,11 @@
 //! unreferenced chunks, which `gc` removes after its grace period. A write lease keeps `gc`
 //! away for the duration (see `lease`).
 //!
+//! With a [`LeakScanner`], every byte of the stream (names, link targets and attributes as well
+//! as contents) is searched for secret values as it passes; a hit refuses the publication
+//! after the pass, naming the secret and the file, and the chunks this ingest stored are
+//! deleted again, so no trace of the value stays in the store.
+//!
 //! Input that is not in canonical order is detected on the fly. The bytes already consumed are
 //! recovered from the chunks already stored (re-read and verified) plus the chunker's buffer,
 //! the whole stream is reordered through a spill file (`tar::reorder`), and the scan runs again
@@ -50,6 +55,14 @@ use crate::restore;
 use crate::store::{PutMode, PutOutcome, Store};
 use crate::tar::{self, CanonicalKey, Entry, EntryKind, TarReader};
 
+/// Finds secret values in bytes (implemented outside this crate, over the secrets in scope).
+pub trait LeakScanner: Send + Sync + std::fmt::Debug {
+    /// The longest pattern, in bytes: matches can span that much across reads.
+    fn longest(&self) -> usize;
+    /// Start offsets in `haystack` of the values found, with the secret's name.
+    fn find(&self, haystack: &[u8]) -> Vec<(usize, String)>;
+}
+
 /// The documents a builder attaches to a snapshot (see `manifest`).
 #[derive(Debug, Clone, Default)]
 pub struct SnapshotMeta {
@@ -67,6 +80,8 @@ pub struct IngestOptions {
     /// Where a stream that must be reordered spills once it outgrows memory.
     pub spill_dir: PathBuf,
     pub meta: SnapshotMeta,
+    /// Refuse to publish a stream holding any of these secrets.
+    pub leak_scanner: Option<Arc<dyn LeakScanner>>,
 }
 
 impl Default for IngestOptions {
@@ -77,6 +92,7 @@ impl Default for IngestOptions {
             concurrency: default_concurrency(),
             spill_dir: std::env::temp_dir(),
             meta: SnapshotMeta::default(),
+            leak_scanner: None,
         }
     }
 }
@@ -159,7 +175,14 @@ async fn ingest_leased(
             return Err(Error::Internal(format!("the reordered stream is still out of order at `{path}`")));
         }
     }
-    let ScanEnd::Done { toc, bytes } = pass.end else { unreachable!("handled above") };
+    let ScanEnd::Done { toc, bytes, leaks } = pass.end else { unreachable!("handled above") };
+    if !leaks.is_empty() {
+        // Nothing is published, and the chunks this ingest added (which hold the values) go.
+        for chunk in pass.chunks.iter().filter(|c| c.new) {
+            store.delete(&layout::chunk(&chunk.chunk.digest)).await?;
+        }
+        return Err(Error::Leak { findings: locate(&leaks, &toc) });
+    }
     let chunks: Vec<ChunkRef> = pass.chunks.iter().map(|c| c.chunk).collect();
     let manifest = Manifest {
         format: manifest::FORMAT.to_owned(),
@@ -221,14 +244,12 @@ enum ScanEnd {
     Done {
         toc: Vec<TocEntry>,
         bytes: u64,
+        /// Stream offsets where secret values were found, with the secrets' names.
+        leaks: Vec<(u64, String)>,
     },
     /// An entry came out of canonical order. Everything read so far went to the chunker:
     /// into chunks already sent, or into `leftover`; `rest` is the unread input.
-    NotCanonical {
-        leftover: Vec<u8>,
-        rest: Box<dyn Read + Send>,
-        path: String,
-    },
+    NotCanonical { leftover: Vec<u8>, rest: Box<dyn Read + Send>, path: String },
 }
 
 async fn run_pass(
@@ -240,7 +261,8 @@ async fn run_pass(
     let (tx, mut rx) = mpsc::channel::<Bytes>(options.concurrency.max(2));
     let params = options.params;
     let scan_progress = progress.clone();
-    let scan = tokio::task::spawn_blocking(move || scan(input, params, tx, &scan_progress));
+    let scanner = options.leak_scanner.clone();
+    let scan = tokio::task::spawn_blocking(move || scan(input, params, tx, &scan_progress, scanner));
     let incoming = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
     let level = options.zstd_level;
     // CPU work (hash, zstd) runs on at most two threads per core however many chunks are in
@@ -332,13 +354,60 @@ async fn store_chunk(
     }
 }
 
-/// Passes every byte read on to the chunker and sends completed chunks down the channel.
+/// Passes every byte read on to the chunker (and the leak scan), and sends completed chunks
+/// down the channel.
 struct Recorder {
     inner: Box<dyn Read + Send>,
     chunker: Chunker,
     tx: mpsc::Sender<Bytes>,
     ready: Vec<Bytes>,
     progress: Arc<Progress>,
+    leaks: Option<LeakWatch>,
+}
+
+/// The leak scan's view of the stream: the last bytes seen (a value may span reads) and what
+/// was found.
+#[derive(Debug)]
+struct LeakWatch {
+    scanner: Arc<dyn LeakScanner>,
+    /// The last `longest - 1` bytes, starting at stream offset `tail_start`.
+    tail: Vec<u8>,
+    tail_start: u64,
+    /// Matches starting before this offset were already reported.
+    reported_until: u64,
+    hits: Vec<(u64, String)>,
+}
+
+impl LeakWatch {
+    fn observe(&mut self, chunk: &[u8]) {
+        let mut window = std::mem::take(&mut self.tail);
+        window.extend_from_slice(chunk);
+        for (start, name) in self.scanner.find(&window) {
+            let at = self.tail_start + start as u64;
+            if at >= self.reported_until {
+                self.hits.push((at, name));
+                self.reported_until = at + 1;
+            }
+        }
+        let keep = self.scanner.longest().saturating_sub(1).min(window.len());
+        self.tail_start += (window.len() - keep) as u64;
+        self.tail = window.split_off(window.len() - keep);
+    }
+}
+
+/// Each leak as (secret, path of the entry holding it), once per pair.
+fn locate(leaks: &[(u64, String)], toc: &[TocEntry]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (offset, name) in leaks {
+        let index = toc.partition_point(|e| e.offset <= *offset);
+        let path = index
+            .checked_sub(1)
+            .map_or_else(|| "(the end of the stream)".to_owned(), |i| toc[i].path.clone());
+        if !out.iter().any(|(n, p)| n == name && *p == path) {
+            out.push((name.clone(), path));
+        }
+    }
+    out
 }
 
 impl Recorder {
@@ -356,6 +425,9 @@ impl Read for Recorder {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.progress.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        if let Some(leaks) = &mut self.leaks {
+            leaks.observe(&buf[..n]);
+        }
         self.chunker.push(&buf[..n], &mut self.ready);
         self.send_ready()?;
         Ok(n)
@@ -367,15 +439,24 @@ fn scan(
     params: ChunkParams,
     tx: mpsc::Sender<Bytes>,
     progress: &Arc<Progress>,
+    scanner: Option<Arc<dyn LeakScanner>>,
 ) -> Result<ScanEnd> {
     // No BufReader: data is read straight into the tar reader's buffer, and the extra copy of
     // every byte costs more than the small reads of the 512-byte headers (measured).
+    let leaks = scanner.map(|scanner| LeakWatch {
+        scanner,
+        tail: Vec::new(),
+        tail_start: 0,
+        reported_until: 0,
+        hits: Vec::new(),
+    });
     let recorder = Recorder {
         inner: input,
         chunker: Chunker::new(params),
         tx,
         ready: Vec::new(),
         progress: progress.clone(),
+        leaks,
     };
     let mut tar = TarReader::new(recorder);
     let mut toc = Vec::new();
@@ -401,7 +482,8 @@ fn scan(
     let chunker = std::mem::replace(&mut recorder.chunker, Chunker::new(params));
     chunker.finish(&mut recorder.ready);
     recorder.send_ready().map_err(Error::io("cannot hand the last chunks to the store"))?;
-    Ok(ScanEnd::Done { toc, bytes })
+    let leaks = recorder.leaks.take().map(|l| l.hits).unwrap_or_default();
+    Ok(ScanEnd::Done { toc, bytes, leaks })
 }
 
 /// The table of contents of a tar stream, storing nothing: for comparing a stream with a

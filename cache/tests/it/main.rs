@@ -6,6 +6,7 @@
 mod conformance;
 mod hostile;
 mod integrity;
+mod leaks;
 mod order;
 mod roundtrip;
 mod s3;
