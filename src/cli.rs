@@ -119,6 +119,15 @@ pub enum Command {
     Key(KeyArgs),
     /// Name the inputs that differ between two builds (keys or snapshot ids).
     Explain(ExplainArgs),
+    /// Store, list and remove secrets (encrypted at rest, injected as environment variables).
+    ///
+    /// Values are encrypted with a fresh data key per version (AES-256-GCM), wrapped by AWS KMS
+    /// (`--kms-key-id` or ENVBUILD_KMS_KEY_ID) or by the local master key file
+    /// (~/.config/envbuild/master.key, created with mode 0600). Name, scope and version are bound
+    /// into the encryption, so a secret cannot be replayed elsewhere. Redacted secrets (the
+    /// default) never appear in envbuild's output, logs or snapshots.
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
     /// Copy a snapshot and its key records to another store, sending only what it lacks.
     ///
     /// Chunks go first, then the manifest, then the key records, so an interrupted push leaves
@@ -247,6 +256,9 @@ pub struct RepoArgs {
     /// Network for the build and install.
     #[arg(long, value_enum, default_value = "host")]
     pub network: NetworkArg,
+    /// Secret scopes whose secrets apply (repeatable): `workspace`, `team:NAME`, `PREFIX*`.
+    #[arg(long = "scope", value_name = "SCOPE", default_value = "workspace")]
+    pub scopes: Vec<envbuild_builder::secrets::Scope>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -293,6 +305,62 @@ pub struct ExplainArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretsCommand {
+    /// Store a new version of a secret; the value is read from stdin.
+    #[command(
+        after_help = "Examples:\n  printf %s \"$NPM_TOKEN\" | envbuild secrets set NPM_TOKEN --when install\n  envbuild secrets set DATABASE_URL --scope team:core < url.txt\n  envbuild secrets set NEXTJS_API_KEY --scope 'NEXTJS_*' < key.txt"
+    )]
+    Set(SecretSetArgs),
+    /// List secrets: names, scopes, versions and dates, never values.
+    Ls(SecretLsArgs),
+    /// Remove a secret.
+    Rm(SecretRmArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SecretSetArgs {
+    /// The environment variable name.
+    pub name: String,
+    /// `workspace`, `team:NAME`, or a name prefix ending in `*` for one service of a monorepo.
+    #[arg(long, default_value = "workspace")]
+    pub scope: envbuild_builder::secrets::Scope,
+    /// When the value reaches the environment: at boot (start and terminals), in install only,
+    /// or both.
+    #[arg(long, value_enum, default_value = "boot")]
+    pub when: WhenArg,
+    /// Do not mask the value in output (for values shorter than 8 bytes, which cannot be masked).
+    #[arg(long)]
+    pub no_redact: bool,
+    /// Encrypt with this AWS KMS key (id, ARN or alias) instead of the local master key.
+    #[arg(long, env = env::KMS_KEY_ID, value_name = "KEY")]
+    pub kms_key_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum WhenArg {
+    Boot,
+    Install,
+    Both,
+}
+
+#[derive(Debug, Args)]
+pub struct SecretLsArgs {
+    /// Only these scopes (repeatable); default: all.
+    #[arg(long = "scope", value_name = "SCOPE")]
+    pub scopes: Vec<envbuild_builder::secrets::Scope>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SecretRmArgs {
+    pub name: String,
+    #[arg(long, default_value = "workspace")]
+    pub scope: envbuild_builder::secrets::Scope,
 }
 
 #[derive(Debug, Args)]

@@ -11,3 +11,9 @@ pub const CACHE_MAX: &str = "ENVBUILD_CACHE_MAX";
 
 /// Accept an S3 server that ignores conditional writes (`--allow-unconditional-writes`).
 pub const ALLOW_UNCONDITIONAL: &str = "ENVBUILD_ALLOW_UNCONDITIONAL_WRITES";
+
+/// The local master key file that encrypts secrets (default `~/.config/envbuild/master.key`).
+pub const MASTER_KEY: &str = "ENVBUILD_MASTER_KEY";
+
+/// An AWS KMS key (id, ARN or alias) to encrypt new secrets with (`--kms-key-id`).
+pub const KMS_KEY_ID: &str = "ENVBUILD_KMS_KEY_ID";

@@ -13,6 +13,7 @@ mod env;
 mod format;
 mod output;
 mod progress;
+mod secrets;
 mod store;
 mod ui;
 
@@ -54,6 +55,7 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Build(args) => commands::build::run(global, args).await,
         Command::Key(args) => commands::key::run(global, args).await,
         Command::Explain(args) => commands::explain::run(global, args).await,
+        Command::Secrets(command) => commands::secrets::run(global, command).await,
         Command::Push(args) => commands::transfer::push(global, args).await,
         Command::Pull(args) => commands::transfer::pull(global, args).await,
     }

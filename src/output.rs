@@ -7,15 +7,22 @@ use std::io::Write;
 
 use serde::Serialize;
 
-/// Prints a value as pretty JSON followed by a newline.
+/// Prints a value as pretty JSON followed by a newline (secret values masked).
 pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
     let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, value)?;
-    writeln!(out)?;
+    writeln!(out, "{}", crate::ui::redact(&text))?;
     Ok(())
 }
 
-/// Prints one line of data.
+/// Prints one line of data (secret values masked).
 pub fn line(text: impl std::fmt::Display) {
-    println!("{text}");
+    println!("{}", crate::ui::redact(&text.to_string()));
+}
+
+/// Raw bytes to stdout, for `logs` (the caller redacts them as a stream).
+pub fn bytes(data: &[u8]) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(data)?;
+    out.flush()
 }

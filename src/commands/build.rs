@@ -9,7 +9,6 @@
 //! Containers and failed builds' layers are removed on every path, Ctrl-C included.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::process::ExitCode;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -20,27 +19,15 @@ use envbuild_builder::cleanup::Cleanup;
 use envbuild_builder::docker::DockerEngine;
 use envbuild_builder::engine::{ContainerEngine, ImageConfig};
 use envbuild_builder::oci;
-use envbuild_builder::pipeline::{
-    self, LazyEngine, OutputSink, Plan, PlanOptions, SystemImage, SystemSource,
-};
+use envbuild_builder::pipeline::{self, LazyEngine, Plan, PlanOptions, SystemImage, SystemSource};
+use envbuild_builder::secrets::When;
 use envbuild_cache::catalog::{self, KeyRecord};
 use envbuild_cache::ingest::{self, IngestOptions, IngestReport, Progress, SnapshotMeta};
 use envbuild_cache::{Digest, SnapshotId, Store, diff, layout, restore};
 use serde::Serialize;
 
 use crate::cli::{BuildArgs, GlobalArgs, RepoArgs};
-use crate::{bridge, format, output, progress, store, ui};
-
-/// Build and install output, on stderr as it comes.
-pub struct StderrSink;
-
-impl OutputSink for StderrSink {
-    fn output(&mut self, chunk: &[u8]) {
-        let mut err = std::io::stderr().lock();
-        let _ = err.write_all(chunk);
-        let _ = err.flush();
-    }
-}
+use crate::{bridge, format, output, progress, secrets, store, ui};
 
 /// Connects to the Docker engine when first needed.
 pub fn lazy_engine() -> LazyEngine {
@@ -76,12 +63,13 @@ fn parse_pairs(pairs: &[String], what: &str) -> anyhow::Result<BTreeMap<String, 
         .collect()
 }
 
-/// Computes the plan and keys, resolving a base snapshot through the store.
+/// Computes the plan and keys, resolving a base snapshot through the store. Also returns the
+/// secret records in scope (not yet decrypted: a hit never needs their values).
 pub async fn make_plan(
     repo: &RepoArgs,
     store: &Arc<dyn Store>,
     engine: &mut LazyEngine,
-) -> anyhow::Result<Plan> {
+) -> anyhow::Result<(Plan, Vec<secrets::Found>)> {
     let loaded = load_config(repo)?;
     let spec = loaded.valid_spec().context("the config is invalid")?;
     let base_snapshot = match (&spec.build, &spec.snapshot) {
@@ -95,15 +83,16 @@ pub async fn make_plan(
         ),
         _ => None,
     };
+    let found = secrets::list(&**store, &repo.scopes).await?;
     let options = PlanOptions {
         input_globs: repo.input.clone(),
         env: parse_pairs(&repo.env, "--env")?,
         build_args: parse_pairs(&repo.build_arg, "--build-arg")?,
-        secret_versions: BTreeMap::new(),
+        secret_versions: secrets::install_versions(&found),
         base_snapshot,
         network: repo.network.into(),
     };
-    Ok(pipeline::plan(&loaded, options, engine).await?)
+    Ok((pipeline::plan(&loaded, options, engine).await?, found))
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -159,7 +148,7 @@ pub async fn run(global: &GlobalArgs, args: &BuildArgs) -> anyhow::Result<ExitCo
     let started = Instant::now();
     let store = store::open(global).await?;
     let mut engine = lazy_engine();
-    let plan = make_plan(&args.repo, &store, &mut engine).await?;
+    let (plan, found) = make_plan(&args.repo, &store, &mut engine).await?;
     let mut timings = Timings { keys: started.elapsed().as_secs_f64(), ..Timings::default() };
     if !args.no_cache
         && let Some(id) = stored_snapshot(&*store, &plan.keys.env_key).await?
@@ -183,9 +172,13 @@ pub async fn run(global: &GlobalArgs, args: &BuildArgs) -> anyhow::Result<ExitCo
         };
         return finish(args, &report);
     }
+    // A miss needs the values: decrypt them all (a KMS outage fails here, naming them), and
+    // from now on mask the redacted ones in everything printed.
+    let loaded = secrets::open_all(found).await?;
+    ui::set_redaction(secrets::patterns(&loaded));
     let engine = engine.get().await?;
     let cleanup = Cleanup::new(engine.clone());
-    let work = build_miss(global, args, &store, &engine, &plan, &cleanup, &mut timings, started);
+    let work = build_miss(global, args, &store, &engine, &plan, &loaded, &cleanup, &mut timings, started);
     let outcome = tokio::select! {
         outcome = work => outcome,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
@@ -224,18 +217,21 @@ async fn build_miss(
     store: &Arc<dyn Store>,
     engine: &Arc<dyn ContainerEngine>,
     plan: &Plan,
+    loaded: &[secrets::Loaded],
     cleanup: &Cleanup,
     timings: &mut Timings,
     started: Instant,
 ) -> anyhow::Result<Report> {
-    let mut sink = StderrSink;
     ui::eprint_line(format!(
         "building: system key {}, env key {} (not in {})",
         short(&plan.keys.system_key),
         short(&plan.keys.env_key),
         store.location()
     ));
-    let system = system_image(global, args, store, engine, plan, cleanup, &mut sink).await?;
+    // One sink per step, so what a step printed is out (the redactor holds back a few bytes
+    // while a value could still be forming) before the next step's messages.
+    let system =
+        system_image(global, args, store, engine, plan, cleanup, &mut ui::RedactingSink::new()).await?;
     timings.system_image = Some(system.duration.as_secs_f64());
     ui::eprint_line(if system.reused {
         format!("system image {} reused (its key is unchanged)", short(&system.id))
@@ -243,10 +239,22 @@ async fn build_miss(
         format!("system image {} built in {}", short(&system.id), format::duration(system.duration))
     });
     ui::eprint_line(format!("running install in {}", pipeline::WORKSPACE));
-    let run = pipeline::run_install(engine, plan, &system, &BTreeMap::new(), cleanup, &mut sink).await?;
+    // Install sees the secrets declared for it, never in the Docker build (build args and ENV
+    // persist in image history).
+    let install_secrets = secrets::env_pairs(loaded, When::at_install);
+    let run = pipeline::run_install(
+        engine,
+        plan,
+        &system,
+        &install_secrets,
+        cleanup,
+        &mut ui::RedactingSink::new(),
+    )
+    .await?;
     timings.install = Some(run.duration.as_secs_f64());
     let exported = Instant::now();
-    let report = export_into_store(global, store, engine, plan, &system.config, &run.container).await?;
+    let report =
+        export_into_store(global, store, engine, plan, &system.config, &run.container, loaded).await?;
     timings.export_and_store = Some(exported.elapsed().as_secs_f64());
     ui::eprint_line(format!(
         "stored snapshot {}: {} in {} entries; {} new chunks ({}) in {}",
@@ -273,7 +281,7 @@ async fn build_miss(
     let mut idempotent = None;
     if args.check_idempotent {
         let checked = Instant::now();
-        let same = check_idempotent(engine, &run, store, &report.id, &mut sink).await?;
+        let same = check_idempotent(engine, &run, store, &report.id, &mut ui::RedactingSink::new()).await?;
         timings.idempotency_check = Some(checked.elapsed().as_secs_f64());
         idempotent = Some(same);
     }
@@ -306,7 +314,7 @@ async fn system_image(
     engine: &Arc<dyn ContainerEngine>,
     plan: &Plan,
     cleanup: &Cleanup,
-    sink: &mut StderrSink,
+    sink: &mut ui::RedactingSink,
 ) -> anyhow::Result<SystemImage> {
     match &plan.source {
         SystemSource::Dockerfile { .. } => {
@@ -333,6 +341,7 @@ async fn export_into_store(
     plan: &Plan,
     config: &ImageConfig,
     container: &str,
+    loaded: &[secrets::Loaded],
 ) -> anyhow::Result<IngestReport> {
     let rootfs = engine.export(container).await?;
     let reader = bridge::stream_reader(rootfs);
@@ -341,7 +350,11 @@ async fn export_into_store(
         environment: serde_json::from_slice(&plan.spec.canonical_json()).ok(),
         keys: serde_json::to_value(&plan.keys).ok(),
     };
-    let options = IngestOptions { concurrency: crate::jobs(global), meta, ..IngestOptions::default() };
+    let patterns = secrets::patterns(loaded);
+    let leak_scanner = (!patterns.is_empty())
+        .then(|| Arc::new(secrets::SecretScanner(patterns)) as Arc<dyn envbuild_cache::ingest::LeakScanner>);
+    let options =
+        IngestOptions { concurrency: crate::jobs(global), meta, leak_scanner, ..IngestOptions::default() };
     let counters = Arc::new(Progress::default());
     let bar = progress::Bar::start(&counters, "storing");
     let report = ingest::ingest(store.clone(), Box::new(reader), options, counters)
@@ -357,7 +370,7 @@ async fn check_idempotent(
     run: &pipeline::InstallRun,
     store: &Arc<dyn Store>,
     id: &SnapshotId,
-    sink: &mut StderrSink,
+    sink: &mut ui::RedactingSink,
 ) -> anyhow::Result<bool> {
     ui::eprint_line("checking idempotency: running install a second time");
     let (code, tail) = pipeline::rerun_install(engine, run, sink).await?;

@@ -9,7 +9,7 @@ use crate::{output, store};
 pub async fn run(global: &GlobalArgs, args: &KeyArgs) -> anyhow::Result<ExitCode> {
     let store = store::open(global).await?;
     let mut engine = build::lazy_engine();
-    let plan = build::make_plan(&args.repo, &store, &mut engine).await?;
+    let (plan, _) = build::make_plan(&args.repo, &store, &mut engine).await?;
     let keys = &plan.keys;
     if args.json {
         output::json(&serde_json::json!({

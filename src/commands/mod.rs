@@ -11,6 +11,7 @@ pub mod inspect;
 pub mod key;
 pub mod ls;
 pub mod schema;
+pub mod secrets;
 pub mod transfer;
 pub mod validate;
 pub mod verify;
