@@ -119,6 +119,24 @@ pub enum Command {
     Key(KeyArgs),
     /// Name the inputs that differ between two builds (keys or snapshot ids).
     Explain(ExplainArgs),
+    /// Boot a snapshot into a running environment: install, start, then the terminals.
+    ///
+    /// Makes sure the snapshot is a Docker image (imported once, labelled with its id, its OCI
+    /// configuration restored), creates a container named NAME with the repository at
+    /// /workspace (when --repo is given) and the scoped boot secrets as environment variables,
+    /// runs `install` (with its secrets), then `start`, then each terminal as a named,
+    /// long-running process (in one tmux session when the image has tmux). Reports each step's
+    /// time. The environment keeps running until `envbuild stop NAME`.
+    #[command(
+        after_help = "Examples:\n  envbuild boot sha256:3f2a... --name agent-1 --repo .\n  envbuild boot --key sha256:0d19... --scope team:core\n  envbuild logs agent-1 web -f"
+    )]
+    Boot(BootArgs),
+    /// List booted environments.
+    Ps(PsArgs),
+    /// Show the output of an environment's terminals (and of `start`), redacted.
+    Logs(LogsArgs),
+    /// Stop an environment and remove its container.
+    Stop(StopArgs),
     /// Store, list and remove secrets (encrypted at rest, injected as environment variables).
     ///
     /// Values are encrypted with a fresh data key per version (AES-256-GCM), wrapped by AWS KMS
@@ -305,6 +323,59 @@ pub struct ExplainArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["snapshot", "key"])))]
+pub struct BootArgs {
+    /// The snapshot: its id, a unique prefix or a ref name.
+    pub snapshot: Option<String>,
+    /// Boot the snapshot this cache key (an env key) points at.
+    #[arg(long, value_name = "KEY")]
+    pub key: Option<String>,
+    /// Copy this repository's tracked files to /workspace and use its environment.json
+    /// (default: the snapshot's own /workspace and config).
+    #[arg(long, value_name = "DIR")]
+    pub repo: Option<PathBuf>,
+    /// The environment's name (default: envbuild-<snapshot id prefix>).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Secret scopes whose secrets apply (repeatable).
+    #[arg(long = "scope", value_name = "SCOPE", default_value = "workspace")]
+    pub scopes: Vec<envbuild_builder::secrets::Scope>,
+    /// Network of the environment.
+    #[arg(long, value_enum, default_value = "host")]
+    pub network: NetworkArg,
+    /// How long to wait for `start` to finish before leaving it running in the background.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub start_wait: std::time::Duration,
+    /// Print a JSON report on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The environment.
+    pub name: String,
+    /// A terminal's name, or `start`; default: all.
+    pub terminal: Option<String>,
+    /// Keep printing as output arrives.
+    #[arg(short, long)]
+    pub follow: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    /// The environment.
+    pub name: String,
 }
 
 #[derive(Debug, Subcommand)]

@@ -56,6 +56,10 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Key(args) => commands::key::run(global, args).await,
         Command::Explain(args) => commands::explain::run(global, args).await,
         Command::Secrets(command) => commands::secrets::run(global, command).await,
+        Command::Boot(args) => commands::boot::run(global, args).await,
+        Command::Ps(args) => commands::envs::ps(args).await,
+        Command::Logs(args) => commands::envs::logs(global, args).await,
+        Command::Stop(args) => commands::envs::stop(args).await,
         Command::Push(args) => commands::transfer::push(global, args).await,
         Command::Pull(args) => commands::transfer::pull(global, args).await,
     }

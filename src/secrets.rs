@@ -145,8 +145,6 @@ pub async fn set(
 #[derive(Debug, Clone)]
 pub struct Loaded {
     pub name: String,
-    pub scope: Scope,
-    pub version: u64,
     pub when: When,
     pub redact: bool,
     pub value: SecretString,
@@ -162,8 +160,6 @@ pub async fn open_all(found: Vec<Found>) -> anyhow::Result<Vec<Loaded>> {
                 let value = secrets::open(&*kek, &f.record, &f.scope, &f.name).await?;
                 Ok::<_, anyhow::Error>(Loaded {
                     name: f.name.clone(),
-                    scope: f.scope.clone(),
-                    version: f.record.version,
                     when: f.record.when,
                     redact: f.record.redact,
                     value,

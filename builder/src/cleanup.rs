@@ -38,9 +38,14 @@ impl Cleanup {
         self.with(|r| r.push(Resource::Image(id.to_owned())));
     }
 
-    /// Keeps `id` after all.
+    /// Keeps image `id` after all.
     pub fn keep_image(&self, id: &str) {
         self.with(|r| r.retain(|x| *x != Resource::Image(id.to_owned())));
+    }
+
+    /// Keeps container `id` after all (a booted environment outlives the command).
+    pub fn keep_container(&self, id: &str) {
+        self.with(|r| r.retain(|x| *x != Resource::Container(id.to_owned())));
     }
 
     /// Removes everything registered, newest first (containers before the images they use).

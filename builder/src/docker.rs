@@ -374,6 +374,22 @@ impl ContainerEngine for DockerEngine {
         Ok((created.id, Box::pin(stream)))
     }
 
+    async fn exec_detached(&self, container: &str, spec: &ExecSpec) -> Result<String, EngineError> {
+        let config = ExecConfig {
+            cmd: Some(spec.cmd.clone()),
+            user: spec.user.clone(),
+            working_dir: spec.working_dir.clone(),
+            env: Some(spec.env.clone()),
+            ..ExecConfig::default()
+        };
+        let created =
+            self.docker.create_exec(container, config).await.map_err(Self::failed("create an exec"))?;
+        let options =
+            bollard::exec::StartExecOptions { detach: true, ..bollard::exec::StartExecOptions::default() };
+        self.docker.start_exec(&created.id, Some(options)).await.map_err(Self::failed("start an exec"))?;
+        Ok(created.id)
+    }
+
     async fn exec_exit_code(&self, exec: &str) -> Result<Option<i64>, EngineError> {
         let inspected = self.docker.inspect_exec(exec).await.map_err(Self::failed("inspect an exec"))?;
         Ok(if inspected.running == Some(true) { None } else { inspected.exit_code })

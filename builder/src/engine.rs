@@ -198,6 +198,9 @@ pub trait ContainerEngine: Send + Sync + std::fmt::Debug {
     /// Runs a command in a running container; its output, following until it exits.
     async fn exec(&self, container: &str, spec: &ExecSpec) -> Result<(String, OutputStream), EngineError>;
 
+    /// Starts a command in a running container without waiting for it; returns the exec id.
+    async fn exec_detached(&self, container: &str, spec: &ExecSpec) -> Result<String, EngineError>;
+
     /// The exit code of a finished exec, `None` while it runs.
     async fn exec_exit_code(&self, exec: &str) -> Result<Option<i64>, EngineError>;
 }

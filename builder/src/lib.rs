@@ -12,9 +12,11 @@
 //! - [`tree`]: file sets, their fingerprints and deterministic tar streams.
 //! - [`passwd`]: who `user` is inside an image; [`oci`]: the image configuration a snapshot keeps.
 //! - [`pipeline`]: the build steps; [`cleanup`]: removing what they created, on every path.
+//! - [`boot`]: a booted environment: container, install, start, terminals, logs.
 //! - [`secrets`]: envelope encryption of secrets (local key or AWS KMS, feature `kms`);
 //!   [`redact`]: keeping their values out of every output.
 
+pub mod boot;
 pub mod cleanup;
 pub mod context;
 pub mod docker;

@@ -1,7 +1,9 @@
 //! One module per command; each exposes `run`, which returns the process exit code.
 
+pub mod boot;
 pub mod build;
 pub mod diff;
+pub mod envs;
 pub mod explain;
 pub mod fetch;
 pub mod gc;
