@@ -186,7 +186,7 @@ pub struct ImportArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("destination").required(true).args(["to", "tar", "docker"])))]
+#[command(group(clap::ArgGroup::new("destination").required(true).args(["to", "tar", "docker", "oci", "ext4"])))]
 pub struct FetchArgs {
     /// The snapshot: its id, a unique prefix of at least 6 hex digits, or a ref name.
     pub snapshot: String,
@@ -199,6 +199,18 @@ pub struct FetchArgs {
     /// Load it into the Docker engine as this image, with its OCI configuration restored.
     #[arg(long, value_name = "REPO:TAG")]
     pub docker: Option<String>,
+    /// Write an OCI image layout directory (loadable by skopeo, podman, containerd).
+    #[arg(long, value_name = "DIR")]
+    pub oci: Option<PathBuf>,
+    /// The reference name of the image in the OCI layout.
+    #[arg(long, value_name = "NAME", default_value = "latest", requires = "oci")]
+    pub oci_ref: String,
+    /// Write an ext4 disk image of the root file system, for microVMs such as Firecracker.
+    #[arg(long, value_name = "FILE")]
+    pub ext4: Option<PathBuf>,
+    /// Free space to leave in the ext4 image, in percent of what the files need.
+    #[arg(long, value_name = "PERCENT", default_value = "20", requires = "ext4")]
+    pub headroom: u32,
 }
 
 #[derive(Debug, Args)]

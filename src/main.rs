@@ -10,6 +10,7 @@ mod bridge;
 mod cli;
 mod commands;
 mod env;
+mod export;
 mod format;
 mod output;
 mod progress;

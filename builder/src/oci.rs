@@ -1,8 +1,19 @@
-//! The image configuration a snapshot carries, in the OCI image format (`oci-spec`'s
-//! `Config`: Env, WorkingDir, User, Entrypoint, Cmd, ExposedPorts), so a snapshot can become an
-//! image again with the same defaults.
+//! The OCI image format: the configuration a snapshot carries (`oci-spec`'s `Config`: Env,
+//! WorkingDir, User, Entrypoint, Cmd, ExposedPorts), so a snapshot can become an image again
+//! with the same defaults; and writing a snapshot as an OCI image layout directory
+//! (`fetch --oci`), which skopeo, podman and containerd load.
 
-use oci_spec::image::{Config, ConfigBuilder};
+use std::io::{Read, Write};
+use std::path::Path;
+use std::str::FromStr;
+
+use oci_spec::image::{
+    Arch, Config, ConfigBuilder, Descriptor, ImageConfigurationBuilder, ImageIndexBuilder,
+    ImageManifestBuilder, MediaType, Os, RootFsBuilder, Sha256Digest,
+};
+use sha2::Digest as _;
+
+use crate::error::{BuildError, Result};
 
 use crate::engine::ImageConfig;
 
@@ -51,6 +62,111 @@ pub fn to_json(config: &ImageConfig) -> serde_json::Value {
 /// The configuration from a manifest's JSON; unreadable JSON gives the empty configuration.
 pub fn from_json(value: &serde_json::Value) -> ImageConfig {
     serde_json::from_value::<Config>(value.clone()).map(|c| from_oci(&c)).unwrap_or_default()
+}
+
+/// What was written.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub manifest_digest: String,
+    pub layer_digest: String,
+    pub layer_size: u64,
+}
+
+fn oci_error(e: impl std::fmt::Display) -> BuildError {
+    BuildError::Input(format!("cannot describe the OCI image: {e}"))
+}
+
+/// Writes `bytes` as a blob; returns its descriptor parts (hex digest, size).
+fn write_blob(blobs: &Path, bytes: &[u8]) -> Result<(String, u64)> {
+    let hex = hex::encode(sha2::Sha256::digest(bytes));
+    std::fs::write(blobs.join(&hex), bytes)
+        .map_err(BuildError::io(format!("cannot write a blob in `{}`", blobs.display())))?;
+    Ok((hex, bytes.len() as u64))
+}
+
+fn descriptor(media_type: MediaType, hex: &str, size: u64) -> Result<Descriptor> {
+    let digest = Sha256Digest::from_str(hex).map_err(oci_error)?;
+    Ok(Descriptor::new(media_type, size, digest))
+}
+
+/// Writes an OCI image layout into the empty directory `dir`: the root file system `rootfs`
+/// as one uncompressed layer, `config` as the image configuration, tagged `reference`.
+pub fn write_layout(
+    dir: &Path,
+    rootfs: &mut dyn Read,
+    config: &ImageConfig,
+    reference: &str,
+) -> Result<Layout> {
+    let blobs = dir.join("blobs").join("sha256");
+    std::fs::create_dir_all(&blobs)
+        .map_err(BuildError::io(format!("cannot create `{}`", blobs.display())))?;
+    // The layer, hashed as it is written.
+    let mut layer =
+        tempfile::NamedTempFile::new_in(&blobs).map_err(BuildError::io("cannot create the layer blob"))?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut layer_size = 0u64;
+    loop {
+        let n = rootfs.read(&mut buf).map_err(BuildError::io("cannot read the snapshot"))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        layer.write_all(&buf[..n]).map_err(BuildError::io("cannot write the layer blob"))?;
+        layer_size += n as u64;
+    }
+    let layer_hex = hex::encode(hasher.finalize());
+    layer
+        .persist(blobs.join(&layer_hex))
+        .map_err(|e| BuildError::io("cannot write the layer blob")(e.error))?;
+
+    let arch = match std::env::consts::ARCH {
+        "aarch64" => Arch::ARM64,
+        _ => Arch::Amd64,
+    };
+    let rootfs_desc = RootFsBuilder::default()
+        .typ("layers")
+        .diff_ids(vec![format!("sha256:{layer_hex}")])
+        .build()
+        .map_err(oci_error)?;
+    let image_config = ImageConfigurationBuilder::default()
+        .architecture(arch)
+        .os(Os::Linux)
+        .config(to_oci(config))
+        .rootfs(rootfs_desc)
+        .build()
+        .map_err(oci_error)?;
+    let (config_hex, config_size) =
+        write_blob(&blobs, &serde_json::to_vec(&image_config).map_err(oci_error)?)?;
+    let manifest = ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageManifest)
+        .config(descriptor(MediaType::ImageConfig, &config_hex, config_size)?)
+        .layers(vec![descriptor(MediaType::ImageLayer, &layer_hex, layer_size)?])
+        .build()
+        .map_err(oci_error)?;
+    let (manifest_hex, manifest_size) =
+        write_blob(&blobs, &serde_json::to_vec(&manifest).map_err(oci_error)?)?;
+    let mut manifest_desc = descriptor(MediaType::ImageManifest, &manifest_hex, manifest_size)?;
+    manifest_desc.set_annotations(Some(
+        [("org.opencontainers.image.ref.name".to_owned(), reference.to_owned())].into_iter().collect(),
+    ));
+    let index = ImageIndexBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageIndex)
+        .manifests(vec![manifest_desc])
+        .build()
+        .map_err(oci_error)?;
+    let write = |name: &str, bytes: &[u8]| {
+        std::fs::write(dir.join(name), bytes).map_err(BuildError::io(format!("cannot write `{name}`")))
+    };
+    write("index.json", &serde_json::to_vec(&index).map_err(oci_error)?)?;
+    write("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    Ok(Layout {
+        manifest_digest: format!("sha256:{manifest_hex}"),
+        layer_digest: format!("sha256:{layer_hex}"),
+        layer_size,
+    })
 }
 
 #[cfg(test)]

@@ -39,6 +39,30 @@ pub async fn run(global: &GlobalArgs, args: &FetchArgs) -> anyhow::Result<ExitCo
         crate::output::line(image);
         return Ok(ExitCode::SUCCESS);
     }
+    if let Some(dir) = &args.oci {
+        let layout = crate::export::oci_layout(store, &manifest, dir, &args.oci_ref, jobs).await?;
+        ui::eprint_line(format!(
+            "wrote {id} as an OCI image layout in `{}` (`{}`, manifest {}, layer {}) in {}",
+            dir.display(),
+            args.oci_ref,
+            layout.manifest_digest,
+            format::bytes(layout.layer_size),
+            format::duration(started.elapsed())
+        ));
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(file) = &args.ext4 {
+        let size = crate::export::ext4(store, &manifest, file, args.headroom, jobs).await?;
+        ui::eprint_line(format!(
+            "wrote {id} as an ext4 image `{}` of {} ({} of files, {}% headroom) in {}",
+            file.display(),
+            format::bytes(size),
+            format::bytes(manifest.size),
+            args.headroom,
+            format::duration(started.elapsed())
+        ));
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Some(dir) = &args.to {
         let bar = progress::Bar::start(&counters, "fetching");
         let report = restore::fetch_to_dir(store, &manifest, dir, ExtractOptions::default(), jobs, counters)
