@@ -86,7 +86,9 @@ fn render_error(err: &anyhow::Error) -> String {
 fn init_logging(verbose: u8) {
     use tracing_subscriber::EnvFilter;
     let default = match verbose {
-        0 => "warn",
+        // Our warnings, others' errors: the AWS SDK warns at length (with Debug dumps) about
+        // every credential provider it tries, which the error we print already sums up.
+        0 => "error,envbuild=warn,envbuild_schema=warn,envbuild_cache=warn,envbuild_builder=warn",
         1 => "envbuild=debug,envbuild_schema=debug,envbuild_cache=debug,envbuild_builder=debug,info",
         _ => "trace",
     };

@@ -25,7 +25,7 @@ pub const MASK: &[u8] = b"***";
 #[derive(Debug, Clone)]
 pub struct Patterns {
     /// Pattern bytes and the name of the secret each came from.
-    patterns: Vec<(Vec<u8>, String)>,
+    forms: Vec<(Vec<u8>, String)>,
     automaton: Option<AhoCorasick>,
     longest: usize,
 }
@@ -121,11 +121,11 @@ impl Patterns {
                     .ok()
             })
             .flatten();
-        Self { patterns, automaton, longest }
+        Self { forms: patterns, automaton, longest }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.patterns.is_empty()
+        self.forms.is_empty()
     }
 
     /// The longest pattern, in bytes.
@@ -138,7 +138,7 @@ impl Patterns {
         let Some(automaton) = &self.automaton else { return Vec::new() };
         automaton
             .find_iter(haystack)
-            .map(|m| (m.start(), m.end(), self.patterns[m.pattern().as_usize()].1.as_str()))
+            .map(|m| (m.start(), m.end(), self.forms[m.pattern().as_usize()].1.as_str()))
             .collect()
     }
 

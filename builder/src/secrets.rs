@@ -46,8 +46,25 @@ pub enum SecretError {
     Undecryptable { name: String, scope: String, reason: String },
     #[error("the master key file `{path}`: {reason}")]
     MasterKey { path: PathBuf, reason: String },
-    #[error("AWS KMS: {0}")]
-    Kms(String),
+    /// KMS failed; the SDK's error, when there is one, is the source (its own rendering
+    /// appends a `Debug` dump of the response, which no user needs).
+    #[error("AWS KMS: {message}")]
+    Kms {
+        message: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+}
+
+impl SecretError {
+    fn kms(message: impl Into<String>) -> Self {
+        Self::Kms { message: message.into(), source: None }
+    }
+
+    #[cfg_attr(not(feature = "kms"), allow(dead_code))]
+    fn kms_from(message: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Kms { message: message.into(), source: Some(Box::new(source)) }
+    }
 }
 
 pub type Result<T, E = SecretError> = std::result::Result<T, E>;
@@ -250,11 +267,11 @@ fn random<const N: usize>() -> [u8; N] {
 
 /// Encrypts `plaintext` with `key` bound to `aad`; returns nonce and ciphertext.
 fn gcm_seal(key: &[u8; 32], plaintext: &[u8], aad: &[u8]) -> Result<([u8; 12], Vec<u8>)> {
-    let cipher = Aes256Gcm::new_from_slice(key).map_err(|_| SecretError::Kms("bad key length".into()))?;
+    let cipher = Aes256Gcm::new_from_slice(key).map_err(|_| SecretError::kms("bad key length"))?;
     let nonce = random::<12>();
     let ciphertext = cipher
         .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad })
-        .map_err(|_| SecretError::Kms("encryption failed".into()))?;
+        .map_err(|_| SecretError::kms("encryption failed"))?;
     Ok((nonce, ciphertext))
 }
 
@@ -422,11 +439,14 @@ mod kms {
 
     use aws_sdk_kms::Client;
     use aws_sdk_kms::config::BehaviorVersion;
-    use aws_sdk_kms::error::DisplayErrorContext;
+    use aws_sdk_kms::error::ProvideErrorMetadata;
     use aws_sdk_kms::primitives::Blob;
     use aws_sdk_kms::types::DataKeySpec;
 
-    use super::*;
+    use super::{
+        Binding, DataKey, KekRef, KeyEncryptionKey, Result, SecretError, Zeroizing, async_trait,
+        undecryptable,
+    };
 
     /// Overrides of the AWS environment, as the S3 store has.
     #[derive(Debug, Clone, Default)]
@@ -473,11 +493,11 @@ mod kms {
                 .create_key()
                 .send()
                 .await
-                .map_err(|e| SecretError::Kms(DisplayErrorContext(&e).to_string()))?;
+                .map_err(|e| SecretError::kms_from("CreateKey failed", e))?;
             created
                 .key_metadata()
                 .map(|m| m.key_id().to_owned())
-                .ok_or_else(|| SecretError::Kms("no key id came back".into()))
+                .ok_or_else(|| SecretError::kms("no key id came back"))
         }
 
         /// The same KMS client for another key id (decrypting uses the id the record names).
@@ -500,20 +520,15 @@ mod kms {
                 request = request.encryption_context(k, v);
             }
             let out = request.send().await.map_err(|e| {
-                SecretError::Kms(format!(
-                    "GenerateDataKey with `{}` failed: {}",
-                    self.key_id,
-                    DisplayErrorContext(&e)
-                ))
+                SecretError::kms_from(format!("GenerateDataKey with `{}` failed", self.key_id), e)
             })?;
-            let plain =
-                out.plaintext().ok_or_else(|| SecretError::Kms("GenerateDataKey returned no key".into()))?;
+            let plain = out.plaintext().ok_or_else(|| SecretError::kms("GenerateDataKey returned no key"))?;
             let blob = out
                 .ciphertext_blob()
-                .ok_or_else(|| SecretError::Kms("GenerateDataKey returned no wrapped key".into()))?;
+                .ok_or_else(|| SecretError::kms("GenerateDataKey returned no wrapped key"))?;
             let mut key = Zeroizing::new([0u8; 32]);
             if plain.as_ref().len() != 32 {
-                return Err(SecretError::Kms("GenerateDataKey returned a key of the wrong size".into()));
+                return Err(SecretError::kms("GenerateDataKey returned a key of the wrong size"));
             }
             key.copy_from_slice(plain.as_ref());
             Ok((key, blob.as_ref().to_vec()))
@@ -538,15 +553,14 @@ mod kms {
                 Err(e) if e.as_service_error().is_some() => Err(undecryptable(
                     binding,
                     &format!(
-                        "KMS refused it ({}): it belongs to another name, scope or version, or another key",
-                        DisplayErrorContext(&e)
+                        "KMS refused it ({}: {}): it belongs to another name, scope or version, or another key",
+                        e.code().unwrap_or("no code"),
+                        e.message().unwrap_or("no message")
                     ),
                 )),
-                Err(e) => Err(SecretError::Kms(format!(
-                    "cannot reach KMS to decrypt `{}`: {}",
-                    binding.name,
-                    DisplayErrorContext(&e)
-                ))),
+                Err(e) => {
+                    Err(SecretError::kms_from(format!("cannot reach KMS to decrypt `{}`", binding.name), e))
+                }
             }
         }
     }
@@ -562,10 +576,10 @@ mod tests {
 
     #[tokio::test]
     async fn local_round_trip_and_refusals() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys/master.key");
         let kek = LocalKey::load_or_create(&path).unwrap();
-        use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         let value = SecretString::new("correct horse battery staple".into());
         let record =
@@ -612,5 +626,56 @@ mod tests {
         assert!(check_name("9LIVES").is_err() && check_name("OK_1").is_ok());
         let prefix: Scope = "NEXTJS_*".parse().unwrap();
         assert_eq!(Scope::from_path_component(&prefix.path_component()), Some(prefix));
+    }
+
+    /// moto's KMS, when the run has it (`scripts/test` starts it and requires it).
+    #[cfg(feature = "kms")]
+    fn moto() -> Option<KmsOptions> {
+        let Ok(endpoint) = std::env::var("ENVBUILD_TEST_MOTO") else {
+            assert!(
+                std::env::var_os("ENVBUILD_TEST_REQUIRE_SERVERS").is_none(),
+                "ENVBUILD_TEST_MOTO is not set, but this run requires the servers"
+            );
+            return None;
+        };
+        Some(KmsOptions {
+            endpoint_url: Some(endpoint),
+            region: Some("us-east-1".into()),
+            static_credentials: Some(("test".into(), "test".into())),
+        })
+    }
+
+    #[cfg(feature = "kms")]
+    #[tokio::test]
+    async fn kms_round_trip_and_refusals() {
+        let Some(options) = moto() else { return };
+        let kek = KmsKey::new(&KmsKey::create_for_tests(&options).await.unwrap(), &options).await;
+        let value = SecretString::new("postgres://app:s3cr3t-p4ss@db/app".into());
+        let record = seal(&kek, &binding("DB_URL", "team:core", 3), When::Both, true, "now".into(), &value)
+            .await
+            .unwrap();
+        assert_eq!(record.kek.kind, "kms");
+        assert!(!serde_json::to_string(&record).unwrap().contains("s3cr3t"), "the record holds no plaintext");
+        let team: Scope = "team:core".parse().unwrap();
+        assert_eq!(open(&kek, &record, &team, "DB_URL").await.unwrap(), value);
+
+        // The encryption context binds name, scope and version: KMS refuses the data key.
+        for (scope, name, version) in
+            [("workspace", "DB_URL", 3), ("team:core", "OTHER", 3), ("team:core", "DB_URL", 4)]
+        {
+            let mut moved = record.clone();
+            moved.version = version;
+            let err = open(&kek, &moved, &scope.parse().unwrap(), name).await.unwrap_err();
+            assert!(matches!(err, SecretError::Undecryptable { .. }), "{scope} {name} {version}: {err}");
+        }
+        // Another KMS key does not open it.
+        let stranger = KmsKey::new(&KmsKey::create_for_tests(&options).await.unwrap(), &options).await;
+        assert!(open(&stranger, &record, &team, "DB_URL").await.is_err());
+
+        // KMS down: an error that names the secret, and no value.
+        let down = KmsOptions { endpoint_url: Some("http://127.0.0.1:9".into()), ..options };
+        let unreachable = KmsKey::new(&kek.reference().key_id, &down).await;
+        let err = open(&unreachable, &record, &team, "DB_URL").await.unwrap_err();
+        assert!(matches!(err, SecretError::Kms { .. }) && err.to_string().contains("`DB_URL`"), "{err}");
     }
 }

@@ -51,3 +51,38 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// `err` and its sources as one sentence, `: `-joined, each said once. For SDK errors whose
+/// own rendering appends a `Debug` dump of the raw response: users need the causes, not the
+/// struct.
+pub fn chain_text(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(err);
+    while let Some(e) = next {
+        let text = e.to_string();
+        // A wrapper often repeats its source's message at the end of its own; keep the new part.
+        if !text.is_empty() && !parts.last().is_some_and(|last| last.ends_with(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chain_text;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] Inner);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("inner cause")]
+    struct Inner;
+
+    #[test]
+    fn chain_text_joins_sources_without_debug() {
+        assert_eq!(chain_text(&Outer(Inner)), "outer: inner cause");
+    }
+}

@@ -1,6 +1,7 @@
 //! `envbuild boot`: a snapshot into a running environment (DESIGN §6).
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::process::ExitCode;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -23,7 +24,8 @@ use crate::{bridge, format, output, secrets, store, ui};
 
 #[derive(Debug, Serialize)]
 struct Step {
-    step: &'static str,
+    #[serde(rename = "step")]
+    name: &'static str,
     seconds: f64,
     detail: String,
 }
@@ -43,7 +45,7 @@ struct Report {
 fn step(steps: &mut Vec<Step>, name: &'static str, started: Instant, detail: String) {
     let seconds = started.elapsed().as_secs_f64();
     ui::eprint_line(format!("{name:<10} {:>9}  {detail}", format::duration(started.elapsed())));
-    steps.push(Step { step: name, seconds, detail });
+    steps.push(Step { name, seconds, detail });
 }
 
 pub async fn run(global: &GlobalArgs, args: &BootArgs) -> anyhow::Result<ExitCode> {
@@ -74,7 +76,9 @@ pub async fn run(global: &GlobalArgs, args: &BootArgs) -> anyhow::Result<ExitCod
     };
     // Every secret of the scopes, decrypted before anything starts: a failure names them all
     // and nothing boots with values missing.
-    let loaded = secrets::open_all(secrets::list(&*store, &args.scopes).await?).await?;
+    let loaded = secrets::open_all(secrets::list(&*store, &args.scopes).await?)
+        .await
+        .context("nothing was started: an environment boots with all of its secrets or not at all")?;
     ui::set_redaction(secrets::patterns(&loaded));
     let engine: Arc<dyn ContainerEngine> = Arc::new(DockerEngine::connect().await?);
     let name = args.name.clone().unwrap_or_else(|| format!("envbuild-{}", &id.0.hex()[..12]));
@@ -204,7 +208,7 @@ async fn boot_container(
         engine
             .upload(&container, "/", files.tar_stream("workspace/".to_owned(), (user.uid, user.gid)))
             .await?;
-        detail.push_str(&format!("; {count} repository files at /workspace"));
+        let _ = write!(detail, "; {count} repository files at /workspace");
     }
     step(steps, "container", t, detail);
 

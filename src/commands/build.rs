@@ -174,7 +174,9 @@ pub async fn run(global: &GlobalArgs, args: &BuildArgs) -> anyhow::Result<ExitCo
     }
     // A miss needs the values: decrypt them all (a KMS outage fails here, naming them), and
     // from now on mask the redacted ones in everything printed.
-    let loaded = secrets::open_all(found).await?;
+    let loaded = secrets::open_all(found)
+        .await
+        .context("nothing was built: install runs with all of its secrets or not at all")?;
     ui::set_redaction(secrets::patterns(&loaded));
     let engine = engine.get().await?;
     let cleanup = Cleanup::new(engine.clone());

@@ -13,7 +13,7 @@ use envbuild_builder::docker::DockerEngine;
 use envbuild_builder::engine::ContainerEngine;
 
 /// The engine, or `None` (with a note) when none answers and the run does not require one.
-async fn engine() -> Option<Arc<dyn ContainerEngine>> {
+pub async fn engine() -> Option<Arc<dyn ContainerEngine>> {
     match DockerEngine::connect().await {
         Ok(engine) => Some(Arc::new(engine)),
         Err(e) => {
@@ -28,7 +28,7 @@ async fn engine() -> Option<Arc<dyn ContainerEngine>> {
 }
 
 /// A scratch copy of fixture `name` as a git repository, with busybox in its build context.
-fn repo(name: &str) -> tempfile::TempDir {
+pub fn repo(name: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/repos").join(name);
     copy_tree(&fixture, dir.path());
@@ -53,12 +53,12 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
-fn git(repo: &Path, args: &[&str]) {
+pub fn git(repo: &Path, args: &[&str]) {
     let status = StdCommand::new("git").arg("-C").arg(repo).args(args).status().unwrap();
     assert!(status.success(), "git {args:?}");
 }
 
-fn commit(repo: &Path, message: &str) {
+pub fn commit(repo: &Path, message: &str) {
     git(repo, &["add", "-A"]);
     git(
         repo,
@@ -76,13 +76,13 @@ fn commit(repo: &Path, message: &str) {
     );
 }
 
-fn envbuild(store: &Path) -> Command {
+pub fn envbuild(store: &Path) -> Command {
     let mut cmd = Command::cargo_bin("envbuild").unwrap();
     cmd.env_remove("RUST_LOG").env("ENVBUILD_STORE", store).env_remove("ENVBUILD_REPO");
     cmd
 }
 
-fn json(out: &std::process::Output) -> serde_json::Value {
+pub fn json(out: &std::process::Output) -> serde_json::Value {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
 }

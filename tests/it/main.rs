@@ -2,8 +2,9 @@
 //! area.
 
 // Test helpers may panic: a panic is a failed test with its message.
-#![allow(clippy::unwrap_used, clippy::print_stderr)]
+#![allow(clippy::unwrap_used, clippy::print_stderr, unreachable_pub)]
 
+mod boot;
 mod build;
 mod s3;
 mod store;

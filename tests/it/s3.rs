@@ -12,7 +12,7 @@ use envbuild_cache::testing::{RawEntry, write_tar};
 
 /// The moto endpoint, or `None` when it is not running (then the test is skipped, unless the
 /// run requires servers, as CI's does).
-fn moto() -> Option<String> {
+pub fn moto_endpoint() -> Option<String> {
     if let Ok(endpoint) = std::env::var("ENVBUILD_TEST_MOTO") {
         return Some(endpoint);
     }
@@ -89,7 +89,7 @@ fn last_line(out: &std::process::Output) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_store_command_works_on_s3() {
-    let Some(endpoint) = moto() else { return };
+    let Some(endpoint) = moto_endpoint() else { return };
     let home = tempfile::tempdir().unwrap();
     let url = bucket(&endpoint).await;
     let run = |args: &[&str]| {
@@ -127,7 +127,7 @@ async fn every_store_command_works_on_s3() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_missing_bucket_fails_before_any_work_with_a_hint() {
-    let Some(endpoint) = moto() else { return };
+    let Some(endpoint) = moto_endpoint() else { return };
     let home = tempfile::tempdir().unwrap();
     let out = envbuild(&endpoint, home.path())
         .args(["--store", "s3://no-such-bucket-anywhere", "ls"])
@@ -140,7 +140,7 @@ async fn a_missing_bucket_fails_before_any_work_with_a_hint() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn push_and_pull_copy_between_local_and_s3() {
-    let Some(endpoint) = moto() else { return };
+    let Some(endpoint) = moto_endpoint() else { return };
     let home = tempfile::tempdir().unwrap();
     let url = bucket(&endpoint).await;
     let local = home.path().join("local");
@@ -168,7 +168,7 @@ async fn push_and_pull_copy_between_local_and_s3() {
 /// with a missing chunk, verifies clean, and a second push converges on the same id.
 #[tokio::test(flavor = "multi_thread")]
 async fn pushes_killed_at_random_moments_leave_the_destination_consistent() {
-    let Some(endpoint) = moto() else { return };
+    let Some(endpoint) = moto_endpoint() else { return };
     let home = tempfile::tempdir().unwrap();
     let local = home.path().join("local");
     let import = envbuild(&endpoint, home.path())

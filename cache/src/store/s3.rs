@@ -22,12 +22,13 @@
 
 use std::time::{Duration, SystemTime};
 
+use crate::error::chain_text;
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{BehaviorVersion, RequestChecksumCalculation, ResponseChecksumValidation};
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 
@@ -98,7 +99,7 @@ pub async fn create_bucket(url: &str, options: &S3Options) -> Result<(), StoreEr
     let (client, _, _) = client(options).await;
     client.create_bucket().bucket(&bucket).send().await.map_err(|e| StoreError::Unusable {
         store: url.to_owned(),
-        message: format!("cannot create the bucket: {}", DisplayErrorContext(&e)),
+        message: format!("cannot create the bucket: {}", chain_text(&e)),
         hint: None,
     })?;
     Ok(())
@@ -169,12 +170,12 @@ impl S3Store {
                 format!(
                     "checking the bucket `{}` failed with HTTP {code}: {}",
                     self.bucket,
-                    DisplayErrorContext(&err)
+                    chain_text(&err)
                 ),
                 "check AWS_ENDPOINT_URL and that the server speaks S3",
             ),
             None => {
-                let detail = DisplayErrorContext(&err).to_string();
+                let detail = chain_text(&err);
                 if detail.contains("credentials") {
                     unusable(
                         "no AWS credentials were found".to_owned(),
@@ -221,7 +222,7 @@ impl S3Store {
             store: self.location.clone(),
             operation,
             path: path.to_owned(),
-            message: DisplayErrorContext(err).to_string(),
+            message: chain_text(err),
             retryable,
         }
     }
@@ -322,7 +323,7 @@ impl Store for S3Store {
                         store: self.location.clone(),
                         operation: "read",
                         path: path.to_string(),
-                        message: format!("the body was cut off: {}", DisplayErrorContext(&e)),
+                        message: format!("the body was cut off: {}", chain_text(&e)),
                         retryable: true,
                     });
                 }
