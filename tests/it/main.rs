@@ -6,6 +6,7 @@
 
 mod boot;
 mod build;
+mod export;
 mod s3;
 mod store;
 mod validate;
