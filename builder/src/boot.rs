@@ -9,10 +9,16 @@
 //! terminals run in one tmux session (`envbuild`), one window each, so a person can attach to
 //! them; otherwise they run as supervised background processes. Either way they outlive the
 //! `envbuild boot` that started them, until `envbuild stop`.
+//!
+//! Every Engine API call costs tens of milliseconds (an archive upload or a container start
+//! far more), and boot is on the path of every agent session, so the sequence is kept short:
+//! the runner, the log directory and the repository go in with one upload before the container
+//! starts, and all terminals are launched by one exec of the runner, which also decides
+//! between tmux and supervision.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -30,10 +36,39 @@ pub const TERMINALS_LABEL: &str = "envbuild.terminals";
 pub const LOG_DIR: &str = "/var/log/envbuild";
 const RUNNER_PATH: &str = "/.envbuild/run.sh";
 
-/// The runner: `run.sh NAME once|supervise COMMAND`.
+/// The runner: `run.sh NAME once|supervise COMMAND`, or `run.sh launch NAME COMMAND...` for
+/// the terminals (commands are arguments, never re-parsed by a shell other than their own).
 const RUNNER: &str = r#"#!/bin/sh
-# envbuild's process runner inside a booted environment: run.sh NAME once|supervise COMMAND.
+# envbuild's process runner inside a booted environment.
+#   run.sh NAME once COMMAND        runs COMMAND once
+#   run.sh NAME supervise COMMAND   runs COMMAND, again whenever it exits
+#   run.sh launch NAME COMMAND ...  starts each terminal, supervised, in tmux when there is one;
+#                                   prints the mode
 # The output goes to /var/log/envbuild/NAME.log, which `envbuild logs` reads (redacted).
+if [ "$1" = launch ]; then
+  shift
+  # When tmux cannot start (it needs a UTF-8 locale, say), the terminals are supervised
+  # without it, and the reason is the first line of output.
+  mode=supervised
+  if command -v tmux >/dev/null 2>&1; then
+    if why=$(tmux new-session -d -s envbuild -n "$1" sh "$0" "$1" supervise "$2" 2>&1); then
+      mode=tmux
+      shift 2
+      while [ $# -ge 2 ]; do
+        tmux new-window -d -t envbuild -n "$1" sh "$0" "$1" supervise "$2" || exit 1
+        shift 2
+      done
+    else
+      echo "tmux cannot start: $why" | head -n 1
+    fi
+  fi
+  while [ $# -ge 2 ]; do
+    sh "$0" "$1" supervise "$2" </dev/null >/dev/null 2>&1 &
+    shift 2
+  done
+  echo $mode
+  exit 0
+fi
 name=$1; mode=$2; command=$3
 log=/var/log/envbuild/$name.log
 echo $$ > "/var/log/envbuild/$name.pid"
@@ -59,27 +94,28 @@ pub struct EnvironmentSpec {
     pub network: Network,
 }
 
-/// A tar stream of one file.
-fn one_file(path: &str, content: &[u8], mode: u32) -> ByteStream {
+/// Tar entries, without the end-of-archive blocks, so that another tar stream can follow.
+fn tar_prefix(entries: &[(&str, &[u8], u32)]) -> Bytes {
     let mut builder = tar::Builder::new(Vec::new());
-    let mut header = tar::Header::new_gnu();
-    header.set_entry_type(tar::EntryType::Regular);
-    header.set_size(content.len() as u64);
-    header.set_mode(mode);
-    header.set_mtime(crate::tree::FIXED_MTIME);
-    let bytes = builder
-        .append_data(&mut header, path.trim_start_matches('/'), content)
-        .and_then(|()| builder.into_inner())
-        .unwrap_or_default();
-    Box::pin(futures::stream::once(async move { Ok(Bytes::from(bytes)) }))
+    for &(path, content, mode) in entries {
+        let mut header = tar::Header::new_gnu();
+        let is_dir = path.ends_with('/');
+        header.set_entry_type(if is_dir { tar::EntryType::Directory } else { tar::EntryType::Regular });
+        header.set_size(content.len() as u64);
+        header.set_mode(mode);
+        header.set_mtime(crate::tree::FIXED_MTIME);
+        // Appending to a Vec cannot fail but for a path tar cannot encode; ours are constants.
+        let _ = builder.append_data(&mut header, path, content);
+    }
+    Bytes::from(builder.get_ref().clone())
 }
 
-/// Creates and starts the environment's container (it runs nothing but a keep-alive) with the
-/// runner script and the log directory in place.
+/// Creates the environment's container (it runs nothing but a keep-alive), not started yet:
+/// the user is resolved from its files and [`populate_and_start`] finishes it.
 pub async fn create(engine: &Arc<dyn ContainerEngine>, spec: &EnvironmentSpec) -> Result<String> {
     let mut labels = spec.labels.clone();
     labels.insert(NAME_LABEL.to_owned(), spec.name.clone());
-    let container = engine
+    Ok(engine
         .create_container(&ContainerSpec {
             name: Some(spec.name.clone()),
             image: spec.image.clone(),
@@ -96,26 +132,31 @@ pub async fn create(engine: &Arc<dyn ContainerEngine>, spec: &EnvironmentSpec) -
             labels,
             network: spec.network,
         })
-        .await?;
-    engine.upload(&container, "/", one_file(RUNNER_PATH, RUNNER.as_bytes(), 0o755)).await?;
-    engine.start(&container).await?;
-    let (code, _) = exec_to_end(
-        engine,
-        &container,
-        &ExecSpec {
-            cmd: vec!["sh".into(), "-c".into(), format!("mkdir -p {LOG_DIR} && chmod 1777 {LOG_DIR}")],
-            user: Some("0:0".into()),
-            ..ExecSpec::default()
-        },
-        None,
-    )
-    .await?;
-    if code != 0 {
-        return Err(BuildError::Input(format!(
-            "cannot create {LOG_DIR} in the environment (exit code {code})"
-        )));
-    }
-    Ok(container)
+        .await?)
+}
+
+/// Puts the runner, the log directory and `files` (a tar stream, entries under `workspace/`)
+/// into the container with one upload, then starts it.
+pub async fn populate_and_start(
+    engine: &Arc<dyn ContainerEngine>,
+    container: &str,
+    files: Option<ByteStream>,
+) -> Result<()> {
+    let prefix = tar_prefix(&[
+        (RUNNER_PATH.trim_start_matches('/'), RUNNER.as_bytes(), 0o755),
+        // World-writable and sticky, like /tmp: processes run as the environment's user.
+        (&format!("{}/", LOG_DIR.trim_start_matches('/')), b"", 0o1777),
+    ]);
+    let head = futures::stream::once(async move { Ok(prefix) });
+    // Without files, the end-of-archive blocks the prefix left out.
+    let rest = files.unwrap_or_else(|| {
+        let end = Bytes::from_static(&[0u8; 1024]);
+        Box::pin(futures::stream::once(async move { Ok(end) }))
+    });
+    let tar: ByteStream = Box::pin(head.chain(rest));
+    engine.upload(container, "/", tar).await?;
+    engine.start(container).await?;
+    Ok(())
 }
 
 /// Runs a command to its end, streaming its output to `sink` (when given); returns its exit
@@ -156,7 +197,8 @@ pub enum StartOutcome {
     Running,
 }
 
-/// Runs `start` as `user` through the runner, waiting up to `wait` for it to finish.
+/// Runs `start` as `user` through the runner, waiting up to `wait` for it to finish. Its
+/// output goes to its log, so the attached stream only tells when it ends.
 pub async fn start(
     engine: &Arc<dyn ContainerEngine>,
     container: &str,
@@ -164,34 +206,43 @@ pub async fn start(
     user: &str,
     wait: Duration,
 ) -> Result<StartOutcome> {
-    let exec = engine
-        .exec_detached(
-            container,
-            &ExecSpec {
-                cmd: vec!["sh".into(), RUNNER_PATH.into(), "start".into(), "once".into(), command.into()],
-                user: Some(user.to_owned()),
-                working_dir: Some(WORKSPACE.to_owned()),
-                env: Vec::new(),
-            },
-        )
-        .await?;
-    let deadline = Instant::now() + wait;
-    loop {
-        if let Some(code) = engine.exec_exit_code(&exec).await? {
-            return Ok(StartOutcome::Exited(code));
+    let spec = ExecSpec {
+        cmd: vec!["sh".into(), RUNNER_PATH.into(), "start".into(), "once".into(), command.into()],
+        user: Some(user.to_owned()),
+        working_dir: Some(WORKSPACE.to_owned()),
+        env: Vec::new(),
+    };
+    let (exec, mut output) = engine.exec(container, &spec).await?;
+    let ended = tokio::time::timeout(wait, async {
+        while let Some(item) = output.next().await {
+            item?;
         }
-        if Instant::now() >= deadline {
-            return Ok(StartOutcome::Running);
+        Ok::<_, BuildError>(())
+    })
+    .await;
+    match ended {
+        Err(_elapsed) => Ok(StartOutcome::Running),
+        Ok(result) => {
+            result?;
+            for _ in 0..100 {
+                if let Some(code) = engine.exec_exit_code(&exec).await? {
+                    return Ok(StartOutcome::Exited(code));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok(StartOutcome::Running)
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 /// How terminals run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TerminalMode {
     Tmux,
-    Supervised,
+    /// Without tmux; with why, when the image has tmux but it would not start.
+    Supervised {
+        tmux_failed: Option<String>,
+    },
 }
 
 /// `text` as one single-quoted shell word.
@@ -199,68 +250,36 @@ fn quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
 }
 
-/// Starts each `(name, command)` as a long-running process as `user`.
+/// Starts each `(name, command)` as a long-running process as `user`, with one exec of the
+/// runner.
 pub async fn terminals(
     engine: &Arc<dyn ContainerEngine>,
     container: &str,
     terminals: &[(String, String)],
     user: &str,
 ) -> Result<TerminalMode> {
-    let as_user = |cmd: Vec<String>| ExecSpec {
+    let mut cmd = vec!["sh".to_owned(), RUNNER_PATH.to_owned(), "launch".to_owned()];
+    for (name, command) in terminals {
+        cmd.push(name.clone());
+        cmd.push(command.clone());
+    }
+    let spec = ExecSpec {
         cmd,
         user: Some(user.to_owned()),
         working_dir: Some(WORKSPACE.to_owned()),
         env: Vec::new(),
     };
-    let (has_tmux, _) = exec_to_end(
-        engine,
-        container,
-        &as_user(vec!["sh".into(), "-c".into(), "command -v tmux".into()]),
-        None,
-    )
-    .await?;
-    let mode = if has_tmux == 0 { TerminalMode::Tmux } else { TerminalMode::Supervised };
-    for (i, (name, command)) in terminals.iter().enumerate() {
-        let runner = format!("sh {RUNNER_PATH} {} supervise {}", quote(name), quote(command));
-        match mode {
-            TerminalMode::Tmux => {
-                let cmd = if i == 0 {
-                    vec![
-                        "tmux".into(),
-                        "new-session".into(),
-                        "-d".into(),
-                        "-s".into(),
-                        "envbuild".into(),
-                        "-n".into(),
-                        name.clone(),
-                        runner,
-                    ]
-                } else {
-                    vec![
-                        "tmux".into(),
-                        "new-window".into(),
-                        "-d".into(),
-                        "-t".into(),
-                        "envbuild".into(),
-                        "-n".into(),
-                        name.clone(),
-                        runner,
-                    ]
-                };
-                let (code, output) = exec_to_end(engine, container, &as_user(cmd), None).await?;
-                if code != 0 {
-                    return Err(BuildError::Input(format!(
-                        "tmux could not start terminal `{name}` (exit code {code}): {}",
-                        String::from_utf8_lossy(&output).trim()
-                    )));
-                }
-            }
-            TerminalMode::Supervised => {
-                engine.exec_detached(container, &as_user(vec!["sh".into(), "-c".into(), runner])).await?;
-            }
-        }
+    let (code, output) = exec_to_end(engine, container, &spec, None).await?;
+    let said = String::from_utf8_lossy(&output);
+    let tmux_failed = said.lines().find_map(|l| l.strip_prefix("tmux cannot start: ")).map(str::to_owned);
+    match (code, said.lines().last().map(str::trim)) {
+        (0, Some("tmux")) => Ok(TerminalMode::Tmux),
+        (0, Some("supervised")) => Ok(TerminalMode::Supervised { tmux_failed }),
+        _ => Err(BuildError::Input(format!(
+            "the terminals could not be started (exit code {code}): {}",
+            said.trim()
+        ))),
     }
-    Ok(mode)
 }
 
 /// The output of log `name` (a terminal, `start`), or of all logs, following when asked.

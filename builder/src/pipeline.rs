@@ -395,9 +395,11 @@ pub async fn resolve_user(
     spec: Option<&str>,
 ) -> Result<User> {
     let Some(spec) = spec.filter(|s| !s.is_empty()) else { return Ok(User::root()) };
-    let passwd = read_file(engine, container, "/etc/passwd").await?.unwrap_or_default();
-    let group = read_file(engine, container, "/etc/group").await?.unwrap_or_default();
-    passwd::resolve(spec, &passwd, &group)
+    let (passwd, group) = futures::try_join!(
+        read_file(engine, container, "/etc/passwd"),
+        read_file(engine, container, "/etc/group")
+    )?;
+    passwd::resolve(spec, &passwd.unwrap_or_default(), &group.unwrap_or_default())
 }
 
 /// Streams a container's output into `sink` until it stops; returns its exit code and tail.

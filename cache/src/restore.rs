@@ -7,7 +7,7 @@
 //! [`fetch_to_dir`] extracts it (`fetch --to`) into a temporary sibling of the target that is
 //! renamed into place only when every entry is written, so a failure leaves nothing at the
 //! target. Extraction runs on its own thread while chunks are still being fetched and
-//! decompressed.
+//! decompressed. [`read_file`] reads one small file from only the chunks that hold it.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -116,6 +116,82 @@ async fn fetch_once(store: &dyn Store, chunk: &ChunkRef) -> Result<(Bytes, Bytes
             .map_err(|e| Error::Internal(format!("a decompression task failed: {e}")))??
     };
     Ok((stored, raw))
+}
+
+/// The contents of the regular file at `path` (as the table of contents names it: no `./`),
+/// read from only the chunks that hold it. `None` when the snapshot has no regular file there
+/// (a symlink, say) or it is over `max` bytes: callers that need it then look elsewhere.
+pub async fn read_file(
+    store: &dyn Store,
+    manifest: &Manifest,
+    path: &str,
+    max: u64,
+) -> Result<Option<Vec<u8>>> {
+    use crate::tar::{EntryKind, Limits, TarError, TarReader};
+    let Some(entry) = manifest.toc.iter().find(|e| e.path == path && e.kind == EntryKind::File) else {
+        return Ok(None);
+    };
+    if entry.size > max {
+        return Ok(None);
+    }
+    // Extension headers (PAX, GNU long names) come between the entry's first block and its
+    // data; the reader bounds them, and so does what is fetched here.
+    let limits = Limits::default();
+    let last_needed = entry.offset + entry.size + limits.max_extension + 4 * 512;
+    let mut chunk_start = 0u64;
+    let mut first = None;
+    let mut held: Vec<u8> = Vec::new();
+    for chunk in &manifest.chunks {
+        let chunk_end = chunk_start + chunk.size;
+        if chunk_end <= entry.offset {
+            chunk_start = chunk_end;
+            continue;
+        }
+        let base = *first.get_or_insert(chunk_start);
+        held.extend_from_slice(&fetch_chunk(store, chunk).await?);
+        chunk_start = chunk_end;
+        // Parse as soon as the bytes held may suffice; fetch another chunk when they do not.
+        let skip =
+            usize::try_from(entry.offset - base).map_err(|_| Error::Internal("offset overflow".into()))?;
+        let mut reader = TarReader::with_limits(&held[skip..], limits);
+        let parsed = reader.next_entry().and_then(|found| {
+            let Some(found) = found else {
+                return Err(TarError::Truncated { offset: entry.offset, context: path.to_owned() });
+            };
+            // The size was checked against `max` in the table of contents; the stream must agree.
+            let size = usize::try_from(found.size.min(entry.size)).unwrap_or(0);
+            let mut data = vec![0u8; size];
+            let mut filled = 0;
+            while filled < data.len() {
+                let n = reader.read_data(&mut data[filled..])?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+            }
+            if (filled as u64) < found.size {
+                return Err(TarError::Truncated { offset: found.data_offset, context: path.to_owned() });
+            }
+            Ok((found, data))
+        });
+        match parsed {
+            Ok((found, data))
+                if found.size == entry.size
+                    && found.path.strip_prefix(b"./").unwrap_or(&found.path) == path.as_bytes() =>
+            {
+                return Ok(Some(data));
+            }
+            Ok(_) => {
+                return Err(Error::Internal(format!(
+                    "the table of contents puts `{path}` at byte {}, where another entry is",
+                    entry.offset
+                )));
+            }
+            Err(TarError::Truncated { .. }) if chunk_end < last_needed => {}
+            Err(e) => return Err(Error::Tar(e)),
+        }
+    }
+    Err(Error::Tar(TarError::Truncated { offset: entry.offset, context: path.to_owned() }))
 }
 
 /// Fetches one chunk and verifies it; returns its raw bytes.

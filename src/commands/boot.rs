@@ -12,9 +12,11 @@ use envbuild_builder::boot::{self, StartOutcome, TerminalMode};
 use envbuild_builder::cleanup::Cleanup;
 use envbuild_builder::docker::DockerEngine;
 use envbuild_builder::engine::{ContainerEngine, ExecSpec};
+use envbuild_builder::passwd::{self, User};
 use envbuild_builder::secrets::When;
 use envbuild_builder::{inputs, oci, pipeline};
-use envbuild_cache::{Digest, SnapshotId, catalog, restore};
+use envbuild_cache::manifest::Manifest;
+use envbuild_cache::{Digest, SnapshotId, Store, catalog, restore};
 use envbuild_schema::EnvironmentSpec;
 use serde::Serialize;
 
@@ -35,6 +37,8 @@ struct Report {
     name: String,
     container: String,
     snapshot: SnapshotId,
+    /// The Docker image the snapshot is imported as (`docker run` takes it too).
+    image: String,
     steps: Vec<Step>,
     terminals: Vec<String>,
     terminal_mode: Option<&'static str>,
@@ -74,6 +78,7 @@ pub async fn run(global: &GlobalArgs, args: &BootArgs) -> anyhow::Result<ExitCod
             .and_then(|doc| serde_json::from_value(doc).ok())
             .with_context(|| format!("snapshot {id} carries no environment.json; boot it with --repo"))?,
     };
+    let known_user = user_from_snapshot(&*store, &manifest, spec.user.as_deref()).await?;
     // Every secret of the scopes, decrypted before anything starts: a failure names them all
     // and nothing boots with values missing.
     let loaded = secrets::open_all(secrets::list(&*store, &args.scopes).await?)
@@ -110,8 +115,10 @@ pub async fn run(global: &GlobalArgs, args: &BootArgs) -> anyhow::Result<ExitCod
     );
 
     let cleanup = Cleanup::new(engine.clone());
-    let outcome =
-        boot_container(&engine, args, &spec, &id, &name, &image.id, &loaded, &cleanup, &mut steps).await;
+    let outcome = boot_container(
+        &engine, args, &spec, &id, &name, &image.id, known_user, &loaded, &cleanup, &mut steps,
+    )
+    .await;
     let (container, terminals, mode) = match outcome {
         Ok(done) => done,
         Err(e) => {
@@ -124,6 +131,7 @@ pub async fn run(global: &GlobalArgs, args: &BootArgs) -> anyhow::Result<ExitCod
         name: name.clone(),
         container,
         snapshot: id,
+        image: image.id.clone(),
         steps,
         terminals: terminals.clone(),
         terminal_mode: mode.map(|m| if m == TerminalMode::Tmux { "tmux" } else { "supervised" }),
@@ -140,6 +148,25 @@ pub async fn run(global: &GlobalArgs, args: &BootArgs) -> anyhow::Result<ExitCod
         output::line(&name);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The user the environment's processes run as, resolved from the snapshot's own `/etc/passwd`
+/// and `/etc/group` (read from their chunks: no container is needed, which saves two archive
+/// calls to the engine); `None` when they are not plain files there, and the container's
+/// copies are read instead.
+async fn user_from_snapshot(
+    store: &dyn Store,
+    manifest: &Manifest,
+    spec: Option<&str>,
+) -> anyhow::Result<Option<User>> {
+    const MAX: u64 = 16 << 20;
+    let Some(spec) = spec.filter(|s| !s.is_empty()) else { return Ok(Some(User::root())) };
+    let (passwd, group) = futures::try_join!(
+        restore::read_file(store, manifest, "etc/passwd", MAX),
+        restore::read_file(store, manifest, "etc/group", MAX)
+    )?;
+    let (Some(passwd), Some(group)) = (passwd, group) else { return Ok(None) };
+    Ok(Some(passwd::resolve(spec, &String::from_utf8_lossy(&passwd), &String::from_utf8_lossy(&group))?))
 }
 
 fn repo_defaults() -> RepoArgs {
@@ -165,6 +192,7 @@ async fn boot_container(
     id: &SnapshotId,
     name: &str,
     image: &str,
+    known_user: Option<User>,
     loaded: &[secrets::Loaded],
     cleanup: &Cleanup,
     steps: &mut Vec<Step>,
@@ -197,19 +225,21 @@ async fn boot_container(
     )
     .await?;
     cleanup.container(&container);
-    let user = pipeline::resolve_user(engine, &container, spec.user.as_deref()).await?;
+    let user = match known_user {
+        Some(user) => user,
+        None => pipeline::resolve_user(engine, &container, spec.user.as_deref()).await?,
+    };
     let mut detail =
         format!("{} as {} ({})", &container[..12.min(container.len())], user.spec, user.engine_spec());
+    let mut files = None;
     if let Some(repo) = &args.repo {
         let repo =
             std::fs::canonicalize(repo).with_context(|| format!("cannot open `{}`", repo.display()))?;
-        let files = tokio::task::spawn_blocking(move || inputs::collect(&repo, &[])).await??;
-        let count = files.entries.len();
-        engine
-            .upload(&container, "/", files.tar_stream("workspace/".to_owned(), (user.uid, user.gid)))
-            .await?;
-        let _ = write!(detail, "; {count} repository files at /workspace");
+        let tree = tokio::task::spawn_blocking(move || inputs::collect(&repo, &[])).await??;
+        let _ = write!(detail, "; {} repository files at /workspace", tree.entries.len());
+        files = Some(tree.tar_stream("workspace/".to_owned(), (user.uid, user.gid)));
     }
+    boot::populate_and_start(engine, &container, files).await?;
     step(steps, "container", t, detail);
 
     if let Some(install) = spec.install.as_ref().filter(|i| !i.trim().is_empty()) {
@@ -251,7 +281,13 @@ async fn boot_container(
         let t = Instant::now();
         let started = boot::terminals(engine, &container, &terminal_list, &user.engine_spec()).await?;
         let names: Vec<&str> = terminal_list.iter().map(|(n, _)| n.as_str()).collect();
-        let how = if started == TerminalMode::Tmux { "in tmux session `envbuild`" } else { "supervised" };
+        let how = match &started {
+            TerminalMode::Tmux => "in tmux session `envbuild`".to_owned(),
+            TerminalMode::Supervised { tmux_failed: None } => "supervised".to_owned(),
+            TerminalMode::Supervised { tmux_failed: Some(why) } => {
+                format!("supervised, as tmux cannot start: {why}")
+            }
+        };
         step(steps, "terminals", t, format!("{} running, {how}", names.join(", ")));
         mode = Some(started);
     }

@@ -26,6 +26,22 @@ fn all_text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
+/// Removes the environment `name` when the test ends, passed or failed.
+struct Removes(String);
+
+impl Drop for Removes {
+    fn drop(&mut self) {
+        let filter = format!("label=envbuild.name={}", self.0);
+        if let Ok(out) =
+            std::process::Command::new("docker").args(["ps", "-aq", "--filter", &filter]).output()
+        {
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = std::process::Command::new("docker").args(["rm", "-f", id]).output();
+            }
+        }
+    }
+}
+
 const INSTALL_VALUE: &str = "install-secret-5a9c1e77f0";
 const BOOT_VALUE: &str = "boot-secret-0b3d9f4c21";
 
@@ -131,6 +147,7 @@ async fn boot_runs_install_start_and_terminals_with_masked_secrets() {
     assert!(!build_text.contains(INSTALL_VALUE) && !build_text.contains(BOOT_VALUE));
 
     let name = format!("envbuild-test-boot-{}", std::process::id());
+    let _removes = Removes(name.clone());
     let booted = eb(store.path(), home.path())
         .args([
             "boot",
@@ -227,6 +244,7 @@ async fn kms_secrets_open_and_an_unreachable_kms_stops_the_boot() {
 
     // KMS unreachable: the boot fails before creating anything, naming the secret.
     let name = format!("envbuild-test-kms-{}", std::process::id());
+    let _removes = Removes(name.clone());
     let mut boot = eb(store.path(), home.path());
     with_aws(&mut boot, "http://127.0.0.1:9");
     let out = boot.args(["boot", &id, "--network", "none", "--name", &name]).output().unwrap();
@@ -263,5 +281,100 @@ async fn kms_secrets_open_and_an_unreachable_kms_stops_the_boot() {
     let text = all_text(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("cannot be decrypted") && !text.contains(BOOT_VALUE), "{text}");
+    assert!(engine.containers(&format!("envbuild.name={name}")).await.unwrap().is_empty());
+}
+
+/// Copies the host's `binary` to `rootfs/bin` (the fixture's PATH) and the shared libraries
+/// it loads under their own paths: a way to put a dynamically linked tool into a `FROM
+/// scratch` image.
+fn copy_with_libraries(binary: &str, rootfs: &Path) {
+    let ldd = std::process::Command::new("ldd").arg(binary).output().unwrap();
+    let text = String::from_utf8_lossy(&ldd.stdout);
+    let libraries =
+        text.lines().filter_map(|line| line.split_whitespace().find(|word| word.starts_with('/')));
+    let name = Path::new(binary).file_name().unwrap();
+    let copies = libraries.map(|l| (l, rootfs.join(l.trim_start_matches('/'))));
+    for (file, target) in std::iter::once((binary, rootfs.join("bin").join(name))).chain(copies) {
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(file, &target).unwrap();
+    }
+}
+
+/// With tmux in the image, the terminals run as windows of one tmux session, supervised all
+/// the same.
+#[tokio::test(flavor = "multi_thread")]
+async fn terminals_run_in_tmux_when_the_image_has_it() {
+    let Some(engine) = engine().await else { return };
+    if !Path::new("/usr/bin/tmux").exists() {
+        assert!(
+            std::env::var_os("ENVBUILD_TEST_REQUIRE_SERVERS").is_none(),
+            "tmux is not installed, but this run requires it: run the tests through scripts/test"
+        );
+        return;
+    }
+    let (store, home) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let repo = repo("boot");
+    let context = repo.path().join(".cursor");
+    copy_with_libraries("/usr/bin/tmux", &context.join("rootfs"));
+    // tmux needs a UTF-8 locale; Debian's libc ships C.UTF-8 there.
+    let locale = context.join("rootfs/usr/lib/locale/C.utf8");
+    std::fs::create_dir_all(&locale).unwrap();
+    for entry in std::fs::read_dir("/usr/lib/locale/C.utf8").unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), locale.join(entry.file_name())).unwrap();
+        }
+    }
+    let dockerfile = context.join("Dockerfile");
+    let text = std::fs::read_to_string(&dockerfile).unwrap();
+    std::fs::write(&dockerfile, format!("{text}COPY rootfs/ /\n")).unwrap();
+    std::fs::write(context.join(".gitignore"), "busybox\nrootfs/\n").unwrap();
+    super::build::commit(repo.path(), "tmux");
+    let report = json(
+        &eb(store.path(), home.path()).args(["build", "--json", "--repo"]).arg(repo.path()).output().unwrap(),
+    );
+
+    let name = format!("envbuild-test-tmux-{}", std::process::id());
+    let _removes = Removes(name.clone());
+    let booted = eb(store.path(), home.path())
+        .args([
+            "boot",
+            report["id"].as_str().unwrap(),
+            "--network",
+            "none",
+            "--json",
+            "--name",
+            &name,
+            "--repo",
+        ])
+        .arg(repo.path())
+        .output()
+        .unwrap();
+    let boot: serde_json::Value = json(&booted);
+    assert_eq!(boot["terminal_mode"], "tmux", "{}", all_text(&booted));
+    let windows = std::process::Command::new("docker")
+        .args(["exec", "-u", "1000", &name, "tmux", "list-windows", "-t", "envbuild", "-F", "#{window_name}"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&windows.stdout),
+        "web\nclient\n",
+        "{}",
+        String::from_utf8_lossy(&windows.stderr)
+    );
+    let mut client = String::new();
+    for _ in 0..100 {
+        let out = eb(store.path(), home.path()).args(["logs", &name, "client"]).output().unwrap();
+        client = String::from_utf8_lossy(&out.stdout).into_owned();
+        if client.contains("client sees") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(
+        client.contains("served by the web terminal") && client.contains("install\nstart\nterminal\n"),
+        "{client}"
+    );
+    assert!(eb(store.path(), home.path()).args(["stop", &name]).output().unwrap().status.success());
     assert!(engine.containers(&format!("envbuild.name={name}")).await.unwrap().is_empty());
 }

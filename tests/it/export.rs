@@ -33,12 +33,17 @@ fn run(cmd: &mut Process) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// 3 MiB that do not compress away.
+fn big_file() -> Vec<u8> {
+    (0..3u32 * 1024 * 1024).map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes()[1]).collect()
+}
+
 fn sample() -> Vec<u8> {
     let mut owned = RawEntry::file("home/agent/notes.txt", b"owned by agent\n");
     (owned.uid, owned.gid, owned.mode) = (1000, 1000, 0o640);
     let mut tool = RawEntry::file("usr/local/bin/tool", b"#!/bin/sh\necho tool\n");
     tool.mode = 0o755;
-    let big: Vec<u8> = (0..3u32 * 1024 * 1024).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let big = big_file();
     write_tar(&[
         RawEntry::dir("etc"),
         RawEntry::file("etc/hostname", b"envbuild\n"),
@@ -127,7 +132,7 @@ fn an_ext4_image_that_e2fsck_finds_clean_with_ownership_and_headroom() {
     assert!(debugfs("stat /usr/local/bin/t").contains("Type: symlink"));
     let dumped = work.path().join("data.bin");
     debugfs(&format!("dump /opt/data.bin {}", dumped.display()));
-    let big: Vec<u8> = (0..3u32 * 1024 * 1024).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let big = big_file();
     assert!(std::fs::read(&dumped).unwrap() == big, "/opt/data.bin differs");
 
     // Headroom: at least half of what the files use is still free.

@@ -8,6 +8,7 @@ mod hostile;
 mod integrity;
 mod leaks;
 mod order;
+mod read_file;
 mod roundtrip;
 mod s3;
 mod transfer;
