@@ -290,7 +290,16 @@ pub async fn logs(
     follow: bool,
 ) -> Result<OutputStream> {
     let files = name.map_or_else(|| format!("{LOG_DIR}/*.log"), |n| format!("{LOG_DIR}/{}.log", quote(n)));
-    let script = format!("tail -n +1 {} {files}", if follow { "-f" } else { "" });
+    // Following polls every 0.2 s rather than tail's default second (busybox's tail has no
+    // inotify); a tail without fractional `-s` gets the default.
+    let script = if follow {
+        format!(
+            "if tail -s 0.2 -n 0 /dev/null >/dev/null 2>&1; then exec tail -s 0.2 -n +1 -f {files}; \
+             else exec tail -n +1 -f {files}; fi"
+        )
+    } else {
+        format!("tail -n +1 {files}")
+    };
     let spec = ExecSpec {
         cmd: vec!["sh".into(), "-c".into(), script],
         user: Some("0:0".into()),

@@ -8,10 +8,12 @@
 //! on what is encoded around it. Every pattern is at least [`MIN_SECRET_LEN`] bytes long
 //! before encoding; shorter values would mask ordinary words.
 //!
-//! [`Redactor`] replaces them in a stream with `***`: it holds back the last `longest - 1`
-//! bytes of each write until the next one, so a value split across reads (or across lines) is
-//! still found, and never holds back more, so output stays timely. [`Patterns::find`] reports
-//! matches by offset instead of replacing them, for the leak scan of snapshots.
+//! [`Redactor`] replaces them in a stream with `***`. Of each write it holds back only the
+//! tail that could still become a match (a suffix that is the beginning of some pattern, at
+//! most `longest - 1` bytes), so a value split across reads (or across lines) is still found,
+//! while ordinary output is emitted at once: `logs -f` shows a line as soon as it is written,
+//! not when the next one arrives. [`Patterns::find`] reports matches by offset instead of
+//! replacing them, for the leak scan of snapshots.
 
 use aho_corasick::{AhoCorasick, MatchKind};
 use base64::Engine as _;
@@ -133,6 +135,14 @@ impl Patterns {
         self.longest
     }
 
+    /// Where the shortest suffix of `tail` that is the beginning of some pattern starts
+    /// (`tail.len()` if none is): the bytes from there on may still become a match.
+    fn pending_from(&self, tail: &[u8]) -> usize {
+        (0..tail.len())
+            .find(|&at| self.forms.iter().any(|(pattern, _)| pattern.starts_with(&tail[at..])))
+            .unwrap_or(tail.len())
+    }
+
     /// Non-overlapping matches in `haystack`: (start, end, secret name).
     pub fn find<'p>(&'p self, haystack: &[u8]) -> Vec<(usize, usize, &'p str)> {
         let Some(automaton) = &self.automaton else { return Vec::new() };
@@ -169,10 +179,12 @@ impl Redactor {
             return chunk.to_vec();
         }
         self.held.extend_from_slice(chunk);
-        // Everything but the last `longest - 1` bytes can be decided now: no match that starts
-        // there can end within them... unless it started earlier, which the search sees.
+        // A match not yet complete starts within the last `longest - 1` bytes, and there only
+        // where the rest of the buffer begins some pattern; everything before is decided now
+        // (a match starting earlier is complete, and the search sees it).
         let keep = self.patterns.longest().saturating_sub(1);
-        let mut decided = self.held.len().saturating_sub(keep);
+        let window = self.held.len().saturating_sub(keep);
+        let mut decided = window + self.patterns.pending_from(&self.held[window..]);
         let mut out = Vec::with_capacity(self.held.len());
         let mut last = 0;
         for (start, end, _) in self.patterns.find(&self.held) {
@@ -258,6 +270,18 @@ mod tests {
         assert!(!patterns.redact_str(&format!("dump:\n{pem}\n")).contains("MIIE"));
         assert!(!patterns.redact_str(&pem.replace('\n', "\r\n")).contains("MIIE"));
         assert_eq!(patterns.redact_str("only MIIEzyxwvuts9876 leaked"), "only *** leaked");
+    }
+
+    #[test]
+    fn only_a_possible_beginning_of_a_value_is_held_back() {
+        let mut redactor = Redactor::new(Patterns::new([("TOKEN", SECRET.as_bytes())]));
+        // Nothing in this line can begin a pattern: all of it comes out at once.
+        assert_eq!(redactor.push(b"client sees ***\n"), b"client sees ***\n");
+        // The tail `s3cr` may be the start of the value: it waits for the next write.
+        assert_eq!(redactor.push(b"key: s3cr"), b"key: ");
+        assert_eq!(redactor.push(b"3t-Value/with+chars!\n"), b"***!\n");
+        assert_eq!(redactor.push(b"ends with s3"), b"ends with ");
+        assert_eq!(redactor.finish(), b"s3");
     }
 
     #[test]

@@ -70,6 +70,18 @@ pub async fn logs(global: &GlobalArgs, args: &LogsArgs) -> anyhow::Result<ExitCo
     if !container.running {
         anyhow::bail!("the environment `{}` is not running", args.name);
     }
+    if let Some(wanted) = &args.terminal {
+        let terminals = container.labels.get(boot::TERMINALS_LABEL).cloned().unwrap_or_default();
+        let mut known: Vec<&str> = terminals.split(',').filter(|t| !t.is_empty()).collect();
+        known.push("start");
+        if !known.contains(&wanted.as_str()) {
+            anyhow::bail!(
+                "the environment `{}` has no terminal `{wanted}`\nhint: its logs are {}",
+                args.name,
+                known.iter().map(|t| format!("`{t}`")).collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
     // The logs are redacted with the secrets the environment was booted with.
     let scopes: Vec<Scope> = container
         .labels

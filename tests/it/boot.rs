@@ -190,6 +190,38 @@ async fn boot_runs_install_start_and_terminals_with_masked_secrets() {
     let all = eb(store.path(), home.path()).args(["logs", &name]).output().unwrap();
     let all = String::from_utf8_lossy(&all.stdout);
     assert!(all.contains("serving") && !all.contains(BOOT_VALUE) && !all.contains(INSTALL_VALUE), "{all}");
+    let unknown = eb(store.path(), home.path()).args(["logs", &name, "nope"]).output().unwrap();
+    assert!(!unknown.status.success());
+    let unknown = String::from_utf8_lossy(&unknown.stderr);
+    assert!(unknown.contains("no terminal `nope`") && unknown.contains("`client`"), "{unknown}");
+
+    // Following streams what is already there and keeps the stream open.
+    let mut follow = std::process::Command::new(assert_cmd::cargo::cargo_bin("envbuild"))
+        .env_remove("RUST_LOG")
+        .env("ENVBUILD_STORE", store.path())
+        .env("XDG_CONFIG_HOME", home.path().join("config"))
+        .env("XDG_CACHE_HOME", home.path().join("cache"))
+        .args(["logs", &name, "client", "-f"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A watchdog, so a `logs -f` that never shows the line fails the test instead of hanging it.
+    let watched = rustix::process::Pid::from_raw(i32::try_from(follow.id()).unwrap()).unwrap();
+    std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(60));
+        let _ = rustix::process::kill_process(watched, rustix::process::Signal::KILL);
+    });
+    let mut stdout = follow.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("client sees") {
+        let n = std::io::Read::read(&mut stdout, &mut buf).unwrap();
+        assert!(n > 0, "logs -f ended early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(follow.try_wait().unwrap().is_none(), "logs -f exited instead of following");
+    follow.kill().unwrap();
+    follow.wait().unwrap();
 
     // Still running a moment later.
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
