@@ -208,7 +208,7 @@ async fn boot_runs_install_start_and_terminals_with_masked_secrets() {
     // A watchdog, so a `logs -f` that never shows the line fails the test instead of hanging it.
     let watched = rustix::process::Pid::from_raw(i32::try_from(follow.id()).unwrap()).unwrap();
     std::thread::spawn(move || {
-        std::thread::sleep(std::time::Duration::from_secs(60));
+        std::thread::sleep(std::time::Duration::from_mins(1));
         let _ = rustix::process::kill_process(watched, rustix::process::Signal::KILL);
     });
     let mut stdout = follow.stdout.take().unwrap();
