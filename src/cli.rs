@@ -72,7 +72,7 @@ pub enum Command {
         after_help = "Examples:\n  envbuild import rootfs.tar\n  docker export my-container | envbuild import -"
     )]
     Import(ImportArgs),
-    /// Restore a snapshot into a directory (`--to`) or as a tar stream (`--tar`).
+    /// Restore a snapshot: a directory (`--to`), the tar stream (`--tar`), a Docker image, an OCI layout or an ext4 disk image.
     ///
     /// Every chunk is re-hashed before a byte of it is written. `--to DIR` extracts into a
     /// temporary sibling of DIR and renames it into place only when everything is written, so a
