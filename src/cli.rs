@@ -29,7 +29,7 @@ pub struct GlobalArgs {
     /// More log output on stderr (-v: debug, -vv: trace). `RUST_LOG` overrides it.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
-    /// The snapshot store: a directory, `file://PATH` or `s3://BUCKET/PREFIX`. Default:
+    /// The snapshot store: a directory, `file://PATH`, `s3://BUCKET/PREFIX` or `http(s)://HOST:PORT` (`envbuild serve`, token in `ENVBUILD_TOKEN`). Default:
     /// `~/.cache/envbuild`. S3 settings come from the AWS environment (`AWS_REGION`,
     /// `AWS_ENDPOINT_URL`, credentials).
     #[arg(long, global = true, env = env::STORE, value_name = "LOCATION")]
@@ -156,6 +156,27 @@ pub enum Command {
     /// Copy a snapshot and its key records from another store into this one.
     #[command(after_help = "Example:\n  envbuild pull sha256:3f2a... --from s3://my-bucket/envbuild")]
     Pull(PullArgs),
+    /// Serve the store over HTTP: the snapshot cache for orchestrators and CI, and a browser.
+    ///
+    /// A stateless service over `--store` (any store: a directory, S3, even another server), so
+    /// replicas can run side by side behind a load balancer. `/v1` is the API
+    /// (`/v1/openapi.json` describes it): orchestrators resolve keys, fetch manifests, chunks or
+    /// a snapshot's whole tar stream; CI pushes with `--store http://HOST:PORT` and a write
+    /// token. Writes are checked like any store's: a chunk must hash to its digest, a manifest
+    /// comes after its chunks. `/` is a snapshot browser (HTML, no script), `/metrics`
+    /// Prometheus metrics, `/healthz` a health check; those two need no token.
+    ///
+    /// Every other request needs a token from `--tokens` (see `envbuild token new`):
+    /// `Authorization: Bearer <token>`, or in a browser any user name and the token as the
+    /// password. The address listened on is printed on stdout. SIGINT or SIGTERM stop it
+    /// gracefully. Serve plain HTTP on a trusted network, or put a TLS proxy in front.
+    #[command(
+        after_help = "Examples:\n  envbuild token new --role write --tokens tokens.txt > ci.token\n  envbuild serve --listen 0.0.0.0:7878 --store s3://bucket/envbuild --tokens tokens.txt\n  ENVBUILD_TOKEN=$(cat ci.token) envbuild push sha256:3f2a... --to http://cache:7878"
+    )]
+    Serve(ServeArgs),
+    /// Manage the tokens of `envbuild serve`.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Write a commented starter `.cursor/environment.json` and `.cursor/Dockerfile`.
     ///
     /// The install command is guessed from the lock files in the repository (npm, pnpm, yarn,
@@ -468,6 +489,55 @@ pub struct PullArgs {
     /// Print a JSON report on stdout instead of the id.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The address to listen on (`127.0.0.1:0` picks a free port).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7878")]
+    pub listen: std::net::SocketAddr,
+    /// The tokens file (hashes and roles; see `envbuild token new`). Re-read when it changes.
+    #[arg(long, value_name = "FILE", env = env::TOKENS)]
+    pub tokens: PathBuf,
+    /// Largest manifest accepted, in bytes (`128M`).
+    #[arg(long, value_name = "SIZE", default_value = "128M")]
+    pub max_manifest: String,
+    /// Largest other object accepted (secrets, leases...), in bytes.
+    #[arg(long, value_name = "SIZE", default_value = "16M")]
+    pub max_object: String,
+    /// Memory for cached manifests.
+    #[arg(long, value_name = "SIZE", default_value = "256M")]
+    pub manifest_cache: String,
+    /// How long requests in flight may take to finish after SIGINT or SIGTERM.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: std::time::Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token, add its hash to the tokens file, and print the token on stdout.
+    ///
+    /// The file (created with mode 0600 when missing) keeps only the token's sha256 and its
+    /// role, so it grants nothing if it leaks. The token is shown once: store it where its user
+    /// reads it (`ENVBUILD_TOKEN` for the envbuild CLI). Running servers pick it up within two
+    /// seconds.
+    #[command(
+        after_help = "Example:\n  envbuild token new --role read --tokens /etc/envbuild/tokens --label orchestrator > reader.token"
+    )]
+    New(TokenNewArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenNewArgs {
+    /// What the token may do: `read` (fetch, browse) or `write` (also push and delete).
+    #[arg(long, value_enum)]
+    pub role: crate::serve::auth::Role,
+    /// The tokens file of the server.
+    #[arg(long, value_name = "FILE", env = env::TOKENS)]
+    pub tokens: PathBuf,
+    /// A note kept beside the hash, to tell tokens apart.
+    #[arg(long)]
+    pub label: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -17,3 +17,10 @@ pub const MASTER_KEY: &str = "ENVBUILD_MASTER_KEY";
 
 /// An AWS KMS key (id, ARN or alias) to encrypt new secrets with (`--kms-key-id`).
 pub const KMS_KEY_ID: &str = "ENVBUILD_KMS_KEY_ID";
+
+/// The bearer token for an `http(s)://` store (`envbuild serve`).
+#[cfg_attr(not(feature = "http"), allow(dead_code))]
+pub const TOKEN: &str = "ENVBUILD_TOKEN";
+
+/// The tokens file of `envbuild serve` and `envbuild token new` (`--tokens`).
+pub const TOKENS: &str = "ENVBUILD_TOKENS";

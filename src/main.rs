@@ -15,6 +15,7 @@ mod format;
 mod output;
 mod progress;
 mod secrets;
+mod serve;
 mod store;
 mod ui;
 
@@ -63,6 +64,8 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Stop(args) => commands::envs::stop(args).await,
         Command::Push(args) => commands::transfer::push(global, args).await,
         Command::Pull(args) => commands::transfer::pull(global, args).await,
+        Command::Serve(args) => commands::serve::run(global, args).await,
+        Command::Token(command) => commands::serve::token(command),
     }
 }
 

@@ -1,8 +1,9 @@
 //! Which store a command uses, and opening it.
 //!
 //! `--store LOCATION`, else `ENVBUILD_STORE`, else `~/.cache/envbuild` (under
-//! `$XDG_CACHE_HOME` when set). A location is a directory, `file://PATH`, or
-//! `s3://BUCKET/PREFIX`. Remote stores keep a local cache of chunks and manifests in
+//! `$XDG_CACHE_HOME` when set). A location is a directory, `file://PATH`,
+//! `s3://BUCKET/PREFIX`, or `http(s)://HOST:PORT` (`envbuild serve`, with the token from
+//! `ENVBUILD_TOKEN`). Remote stores keep a local cache of chunks and manifests in
 //! `~/.cache/envbuild/remote-cache` (`ENVBUILD_CACHE_MAX`, default 10 GiB).
 
 use std::path::PathBuf;
@@ -31,6 +32,10 @@ fn options(global: &GlobalArgs) -> anyhow::Result<OpenOptions> {
         allow_unconditional_writes: global.allow_unconditional_writes,
         ..OpenOptions::default()
     };
+    #[cfg(feature = "http")]
+    {
+        options.http.token = std::env::var(env::TOKEN).ok().filter(|t| !t.trim().is_empty());
+    }
     if let Ok(max) = std::env::var(env::CACHE_MAX) {
         options.cache_max_bytes =
             parse_size(&max).with_context(|| format!("{} is not a size: `{max}`", env::CACHE_MAX))?;
@@ -39,7 +44,7 @@ fn options(global: &GlobalArgs) -> anyhow::Result<OpenOptions> {
 }
 
 /// `10G`, `512M`, `4096`.
-fn parse_size(text: &str) -> Option<u64> {
+pub fn parse_size(text: &str) -> Option<u64> {
     let text = text.trim();
     let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
     let n: u64 = digits.parse().ok()?;

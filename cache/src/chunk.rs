@@ -80,9 +80,39 @@ pub fn decode(stored: &[u8], digest: &Digest, size: u64) -> Result<Bytes, Corrup
     Ok(Bytes::from(out))
 }
 
+/// Verifies a stored chunk whose raw size is not known from a manifest (a chunk uploaded to
+/// `envbuild serve`): the size comes from the frame header, which envbuild always writes and
+/// which must be within [`MAX_CHUNK_BYTES`]; then [`decode`] checks it as usual. Returns the
+/// raw size.
+pub fn verify_stored(stored: &[u8], digest: &Digest) -> Result<u64, CorruptChunk> {
+    let corrupt = |detail: &str| CorruptChunk { digest: *digest, detail: detail.to_owned() };
+    let size = match zstd::zstd_safe::get_frame_content_size(stored) {
+        Ok(Some(size)) => size,
+        Ok(None) => return Err(corrupt("its zstd frame does not declare its size")),
+        Err(_) => return Err(corrupt("it is not a zstd frame")),
+    };
+    decode(stored, digest, size)?;
+    Ok(size)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stored_chunk_is_verified_by_its_frame_size() {
+        let raw = b"hello chunk ".repeat(1000);
+        let digest = Digest::of(&raw);
+        let stored = compress(&raw, 3).unwrap();
+        assert_eq!(verify_stored(&stored, &digest).unwrap(), raw.len() as u64);
+        assert!(verify_stored(&stored, &Digest::of(b"x")).unwrap_err().detail.contains("hashes to"));
+        assert!(verify_stored(&raw, &digest).unwrap_err().detail.contains("not a zstd frame"));
+        let mut streamed = Vec::new();
+        let mut encoder = zstd::stream::Encoder::new(&mut streamed, 3).unwrap();
+        std::io::Write::write_all(&mut encoder, &raw).unwrap();
+        encoder.finish().unwrap();
+        assert!(verify_stored(&streamed, &digest).unwrap_err().detail.contains("declare its size"));
+    }
 
     #[test]
     fn round_trip_and_damage() {

@@ -20,7 +20,9 @@
 //! - [`verify`], [`gc`], [`diff`], [`lease`]: checking, collecting, comparing, and keeping
 //!   collection and writers apart.
 //! - [`transfer`]: copying snapshots between stores (`push`, `pull`).
+//! - [`admission`]: the checks a store makes of writes from writers it does not trust.
 
+pub mod admission;
 pub mod catalog;
 pub mod chunk;
 pub mod chunker;

@@ -14,6 +14,7 @@ pub mod key;
 pub mod ls;
 pub mod schema;
 pub mod secrets;
+pub mod serve;
 pub mod transfer;
 pub mod validate;
 pub mod verify;

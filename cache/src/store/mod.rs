@@ -19,6 +19,8 @@
 //! object must hash to check it (`chunk`, `manifest`).
 
 pub mod cached;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod local;
 pub mod memory;
 pub mod open;

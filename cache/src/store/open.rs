@@ -3,7 +3,9 @@
 //! - a path or `file://PATH`: the local directory store;
 //! - `s3://BUCKET/PREFIX` (feature `s3`): S3, wrapped in [`Retrying`] and [`Cached`], and
 //!   checked once for conditional-write support (see [`super::check_conditional_writes`]);
-//! - `http://` and `https://`: the client of `envbuild serve` (added with the service).
+//! - `http://` and `https://` (feature `http`): the client of `envbuild serve`, wrapped in
+//!   [`Retrying`] and [`Cached`]. The server checks conditional writes itself, so there is no
+//!   probe.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,6 +25,8 @@ pub struct OpenOptions {
     pub allow_unconditional_writes: bool,
     #[cfg(feature = "s3")]
     pub s3: super::s3::S3Options,
+    #[cfg(feature = "http")]
+    pub http: super::http::HttpOptions,
 }
 
 impl Default for OpenOptions {
@@ -34,6 +38,8 @@ impl Default for OpenOptions {
             allow_unconditional_writes: false,
             #[cfg(feature = "s3")]
             s3: super::s3::S3Options::default(),
+            #[cfg(feature = "http")]
+            http: super::http::HttpOptions::default(),
         }
     }
 }
@@ -50,11 +56,16 @@ pub async fn open(location: &str, options: &OpenOptions) -> Result<Arc<dyn Store
     if location.starts_with("s3://") {
         return open_s3(location, options).await;
     }
+    if location.starts_with("http://") || location.starts_with("https://") {
+        return open_http(location, options);
+    }
     if let Some((scheme, _)) = location.split_once("://") {
         return Err(StoreError::Unusable {
             store: location.to_owned(),
             message: format!("`{scheme}://` is not a store scheme this envbuild knows"),
-            hint: Some("use a directory path, file://PATH or s3://BUCKET/PREFIX".to_owned()),
+            hint: Some(
+                "use a directory path, file://PATH, s3://BUCKET/PREFIX or http(s)://HOST:PORT".to_owned(),
+            ),
         });
     }
     Ok(Arc::new(LocalStore::open(location)?))
@@ -85,5 +96,19 @@ async fn open_s3(location: &str, _options: &OpenOptions) -> Result<Arc<dyn Store
         store: location.to_owned(),
         message: "this envbuild was built without S3 support".to_owned(),
         hint: Some("rebuild with `--features s3` (the default)".to_owned()),
+    })
+}
+
+#[cfg(feature = "http")]
+fn open_http(location: &str, options: &OpenOptions) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(decorate(super::http::HttpStore::new(location, &options.http)?, options))
+}
+
+#[cfg(not(feature = "http"))]
+fn open_http(location: &str, _options: &OpenOptions) -> Result<Arc<dyn Store>, StoreError> {
+    Err(StoreError::Unusable {
+        store: location.to_owned(),
+        message: "this envbuild was built without the HTTP store client".to_owned(),
+        hint: Some("rebuild with `--features http`".to_owned()),
     })
 }

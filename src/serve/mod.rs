@@ -1,0 +1,316 @@
+//! `envbuild serve`: the snapshot cache service for orchestrators and CI.
+//!
+//! The service is stateless over one store: everything it knows is read from the store per
+//! request (with an in-memory cache of manifests, which are immutable), so any number of
+//! replicas can sit behind a load balancer with S3 as the only state. It owns:
+//!
+//! - [`api`]: the `/v1` API (the object protocol of the `http://` store, keys, manifests,
+//!   chunks, tar streams), described by `docs/openapi.json`;
+//! - [`browse`]: the snapshot browser, server-rendered HTML at `/`;
+//! - [`auth`]: bearer tokens with roles, from a file of their hashes;
+//! - [`metrics`]: Prometheus metrics at `/metrics`; `/healthz` answers while the process runs;
+//! - [`error`]: public error messages, details to the log.
+//!
+//! Bodies stream: a tar stream is sent chunk by chunk as chunks are verified, and request
+//! bodies are bounded by what their path may hold (a chunk's zstd bound, `--max-manifest`,
+//! `--max-object`) before they are read. On SIGINT or SIGTERM the server stops accepting,
+//! lets requests in flight finish for up to `--shutdown-grace`, then exits.
+
+pub mod api;
+pub mod auth;
+pub mod browse;
+pub mod error;
+pub mod metrics;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use envbuild_cache::manifest::Manifest;
+use envbuild_cache::{SnapshotId, Store, restore};
+use tracing::Instrument;
+
+use self::auth::{Role, Tokens};
+use self::error::ApiError;
+use self::metrics::Metrics;
+
+/// How large request bodies may be.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// A manifest (`PUT /v1/snapshots/{id}`).
+    pub manifest: u64,
+    /// Any other object that is not a chunk or a record.
+    pub object: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    pub limits: Limits,
+    pub shutdown_grace: Duration,
+    /// Bytes of manifests kept in memory.
+    pub manifest_cache_bytes: usize,
+}
+
+/// What every request can reach.
+#[derive(Debug)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub tokens: Tokens,
+    pub metrics: Arc<Metrics>,
+    pub limits: Limits,
+    manifests: ManifestCache,
+}
+
+impl AppState {
+    /// The manifest of `id`, verified, from the cache or the store.
+    pub async fn manifest(&self, id: &SnapshotId) -> Result<Arc<Manifest>, ApiError> {
+        if let Some(manifest) = self.manifests.get(id) {
+            self.metrics.manifest_cache(true);
+            return Ok(manifest);
+        }
+        self.metrics.manifest_cache(false);
+        let manifest = Arc::new(restore::read_manifest(&*self.store, id).await?);
+        self.manifests.insert(*id, manifest.clone());
+        Ok(manifest)
+    }
+}
+
+/// Immutable manifests by id, oldest out first when over the byte budget.
+#[derive(Debug)]
+struct ManifestCache {
+    budget: usize,
+    inner: Mutex<Cached>,
+}
+
+/// Manifests with their estimated cost, their insertion order, and the total cost.
+type Cached = (HashMap<SnapshotId, (Arc<Manifest>, usize)>, VecDeque<SnapshotId>, usize);
+
+impl ManifestCache {
+    fn new(budget: usize) -> Self {
+        Self { budget, inner: Mutex::new((HashMap::new(), VecDeque::new(), 0)) }
+    }
+
+    fn get(&self, id: &SnapshotId) -> Option<Arc<Manifest>> {
+        let inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        inner.0.get(id).map(|(m, _)| m.clone())
+    }
+
+    fn insert(&self, id: SnapshotId, manifest: Arc<Manifest>) {
+        // An estimate of the decoded size: what the entries hold, not the JSON.
+        let cost =
+            manifest.chunks.len() * 64 + manifest.toc.iter().map(|e| 160 + e.path.len()).sum::<usize>();
+        if cost > self.budget {
+            return;
+        }
+        let mut guard = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (map, order, total) = &mut *guard;
+        if map.insert(id, (manifest, cost)).is_none() {
+            order.push_back(id);
+            *total += cost;
+        }
+        while *total > self.budget {
+            let Some(oldest) = order.pop_front() else { break };
+            if let Some((_, freed)) = map.remove(&oldest) {
+                *total -= freed;
+            }
+        }
+    }
+}
+
+/// The whole application: API, browser, health and metrics, with auth and observation.
+pub fn app(state: Arc<AppState>) -> Router {
+    let protected = Router::new()
+        .merge(api::routes())
+        .merge(browse::routes())
+        .layer(middleware::from_fn_with_state(state.clone(), authorize));
+    Router::new()
+        .merge(protected)
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            get(|State(state): State<Arc<AppState>>| async move {
+                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+            }),
+        )
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no_such_route",
+                "there is no such route; see /v1/openapi.json",
+            )
+        })
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// Checks the request's token against the role its method needs: reads need `read`, writes
+/// `write`. Without a valid token: 401, asking browsers for Basic credentials on the
+/// browser's pages; with a token that may only read: 403.
+async fn authorize(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let needed =
+        if matches!(*request.method(), Method::GET | Method::HEAD) { Role::Read } else { Role::Write };
+    let role = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(auth::token_from_header)
+        .and_then(|token| state.tokens.role_of(&token));
+    match role {
+        Some(role) if role >= needed => next.run(request).await,
+        Some(_) => {
+            ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this token may only read").into_response()
+        }
+        None => {
+            let browser = !request.uri().path().starts_with("/v1/");
+            let mut response = if browser {
+                browse::unauthorized()
+            } else {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "a valid token is required (Authorization: Bearer <token>)",
+                )
+                .into_response()
+            };
+            let challenge = if browser {
+                "Basic realm=\"envbuild\", charset=\"UTF-8\""
+            } else {
+                "Bearer realm=\"envbuild\""
+            };
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+            response
+        }
+    }
+}
+
+/// Gives each request an id (`X-Request-Id`, and a log span), and counts it: status,
+/// latency to the response head, and body bytes as they are actually sent.
+async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str).to_owned();
+    let method = request.method().as_str().to_owned();
+    let id = format!("{:016x}", rand::random::<u64>());
+    let span = tracing::info_span!("request", id = %id, method = %method, path = %request.uri().path());
+    let started = Instant::now();
+    state.metrics.request_started();
+    let request = {
+        let metrics = state.metrics.clone();
+        let route = route.clone();
+        request.map(|body| Body::new(Counting::new(body, move |n| metrics.request_bytes(&route, n))))
+    };
+    let response = next.run(request).instrument(span.clone()).await;
+    let status = response.status().as_u16();
+    state.metrics.request_finished(&route, &method, status, started.elapsed());
+    span.in_scope(|| tracing::debug!(status, elapsed_ms = started.elapsed().as_millis(), "answered"));
+    let (mut parts, body) = response.into_parts();
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        parts.headers.insert("x-request-id", value);
+    }
+    let metrics = state.metrics.clone();
+    Response::from_parts(parts, Body::new(Counting::new(body, move |n| metrics.response_bytes(&route, n))))
+}
+
+/// A body that reports the size of each data frame passing through, and keeps the inner
+/// body's size hint (so a known length is still sent as `Content-Length`).
+struct Counting<F> {
+    inner: Body,
+    count: F,
+}
+
+impl<F: Fn(u64)> Counting<F> {
+    fn new(inner: Body, count: F) -> Self {
+        Self { inner, count }
+    }
+}
+
+impl<F: Fn(u64) + Unpin> http_body::Body for Counting<F> {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            (self.count)(data.len() as u64);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Runs the service until SIGINT or SIGTERM. `on_listening` gets the bound address (the
+/// port, when `listen` asked for port 0).
+pub async fn run(
+    store: Arc<dyn Store>,
+    tokens: Tokens,
+    options: ServeOptions,
+    on_listening: impl FnOnce(SocketAddr),
+) -> anyhow::Result<()> {
+    let watcher = tokens.watch();
+    let state = Arc::new(AppState {
+        store,
+        tokens,
+        metrics: Arc::new(Metrics::default()),
+        limits: options.limits,
+        manifests: ManifestCache::new(options.manifest_cache_bytes),
+    });
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", options.listen))?;
+    let address = listener.local_addr().context("cannot read the address listened on")?;
+    on_listening(address);
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let server = axum::serve(listener, app(state)).with_graceful_shutdown({
+        let stop = stop.clone();
+        async move { stop.notified().await }
+    });
+    let mut task = tokio::spawn(async move { server.await });
+    let result = tokio::select! {
+        done = &mut task => done,
+        () = shutdown_signal() => {
+            tracing::warn!(grace = ?options.shutdown_grace, "shutting down: no new connections; finishing requests in flight");
+            stop.notify_one();
+            if let Ok(done) = tokio::time::timeout(options.shutdown_grace, &mut task).await {
+                done
+            } else {
+                tracing::warn!("requests still in flight after the grace period were cut off");
+                task.abort();
+                Ok(Ok(()))
+            }
+        }
+    };
+    watcher.abort();
+    result.context("the server task failed")?.context("the server failed")
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    let Ok(mut terminate) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
+        let _ = interrupt.await;
+        return;
+    };
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate.recv() => {}
+    }
+}
