@@ -26,7 +26,6 @@ use envbuild_cache::restore;
 use envbuild_cache::store::{PutMode, PutOutcome};
 use envbuild_cache::{Digest, SnapshotId};
 use futures::StreamExt;
-use http_body_util::BodyExt;
 use serde::Deserialize;
 
 use super::AppState;
@@ -295,18 +294,48 @@ async fn stat_object(state: &AppState, path: &ObjectPath, headers: &HeaderMap) -
 }
 
 /// Reads a request body of at most `limit` bytes.
+///
+/// A body over the limit is refused with 413, but only after reading (and discarding) up to
+/// [`DRAIN_MAX`] more bytes: a client still sending when the answer comes would see a reset
+/// connection instead of the reason. Beyond that, or when `Content-Length` already says so,
+/// the answer comes at once and the connection is closed.
 async fn read_body(body: Body, headers: &HeaderMap, limit: u64, what: &str) -> Result<Bytes, ApiError> {
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let mut stream = body.into_data_stream();
     if declared.is_some_and(|n| n > limit) {
+        if declared.is_some_and(|n| n <= limit.saturating_add(DRAIN_MAX)) {
+            drain(&mut stream).await;
+        }
         return Err(ApiError::too_large(what, limit));
     }
-    let limited = http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
-    match limited.collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::too_large(what, limit)),
-        Err(e) => Err(ApiError::bad_request(format!("the body could not be read: {e}"))),
+    let capacity = declared.unwrap_or(0).min(limit).min(64 * 1024 * 1024);
+    let mut collected = bytes::BytesMut::with_capacity(usize::try_from(capacity).unwrap_or(0));
+    while let Some(piece) = stream.next().await {
+        let piece = piece.map_err(|e| ApiError::bad_request(format!("the body could not be read: {e}")))?;
+        if (collected.len() + piece.len()) as u64 > limit {
+            drain(&mut stream).await;
+            return Err(ApiError::too_large(what, limit));
+        }
+        collected.extend_from_slice(&piece);
     }
+    Ok(collected.freeze())
+}
+
+/// Most bytes of an oversized body read and discarded so that its sender gets the 413.
+const DRAIN_MAX: u64 = 64 * 1024 * 1024;
+
+async fn drain(stream: &mut axum::body::BodyDataStream) {
+    let discard = async {
+        let mut seen: u64 = 0;
+        while let Some(Ok(piece)) = stream.next().await {
+            seen += piece.len() as u64;
+            if seen > DRAIN_MAX {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), discard).await;
 }
 
 /// PUT of one object: bounded, checked by [`admission::check`], then written as the

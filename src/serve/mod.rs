@@ -266,6 +266,9 @@ pub async fn run(
     options: ServeOptions,
     on_listening: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
+    // Signals are caught from before the address is announced, so a supervisor that stops
+    // the server as soon as it is up still gets a graceful stop.
+    let signals = ShutdownSignals::new()?;
     let watcher = tokens.watch();
     let state = Arc::new(AppState {
         store,
@@ -287,7 +290,7 @@ pub async fn run(
     let mut task = tokio::spawn(async move { server.await });
     let result = tokio::select! {
         done = &mut task => done,
-        () = shutdown_signal() => {
+        () = signals.wait() => {
             tracing::warn!(grace = ?options.shutdown_grace, "shutting down: no new connections; finishing requests in flight");
             stop.notify_one();
             if let Ok(done) = tokio::time::timeout(options.shutdown_grace, &mut task).await {
@@ -303,14 +306,25 @@ pub async fn run(
     result.context("the server task failed")?.context("the server failed")
 }
 
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    let Ok(mut terminate) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
-        let _ = interrupt.await;
-        return;
-    };
-    tokio::select! {
-        _ = interrupt => {}
-        _ = terminate.recv() => {}
+/// SIGINT and SIGTERM, listened for from creation on.
+struct ShutdownSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn new() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+        })
+    }
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
     }
 }

@@ -8,5 +8,6 @@ mod boot;
 mod build;
 mod export;
 mod s3;
+mod serve;
 mod store;
 mod validate;

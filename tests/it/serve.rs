@@ -1,0 +1,593 @@
+//! `envbuild serve` as its users meet it: a real server process on a free port over a local
+//! store, driven by the `http://` store client, by plain HTTP requests and by headless Chromium.
+//! With `ENVBUILD_TEST_REQUIRE_SERVERS` set, a missing Chromium fails the browser test.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+use envbuild_cache::Store;
+use envbuild_cache::digest::Digest;
+use envbuild_cache::layout;
+use envbuild_cache::store::conformance;
+use envbuild_cache::store::http::{HttpOptions, HttpStore};
+use envbuild_cache::store::local::LocalStore;
+use envbuild_cache::testing::{RawEntry, write_tar};
+use reqwest::StatusCode;
+
+fn bin() -> PathBuf {
+    assert_cmd::cargo::cargo_bin("envbuild")
+}
+
+/// A running `envbuild serve`, stopped (SIGTERM) when dropped.
+struct Server {
+    child: Child,
+    url: String,
+    read: String,
+    write: String,
+    store: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+fn new_token(tokens: &Path, role: &str) -> String {
+    let out =
+        Command::new(bin()).args(["token", "new", "--role", role, "--tokens"]).arg(tokens).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+impl Server {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        let tokens = dir.path().join("tokens");
+        let read = new_token(&tokens, "read");
+        let write = new_token(&tokens, "write");
+        let mut child = Command::new(bin())
+            .env_remove("RUST_LOG")
+            .env("XDG_CACHE_HOME", dir.path().join("cache"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--shutdown-grace", "5s", "--tokens"])
+            .arg(&tokens)
+            .arg("--store")
+            .arg(&store)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert!(line.starts_with("http://127.0.0.1:"), "serve printed {line:?}");
+        Self { child, url: line.trim().to_owned(), read, write, store, dir }
+    }
+
+    fn client(&self, token: &str) -> HttpStore {
+        HttpStore::new(&self.url, &HttpOptions { token: Some(token.to_owned()) }).unwrap()
+    }
+
+    fn cli(&self, token: &str) -> assert_cmd::Command {
+        let mut cmd = assert_cmd::Command::new(bin());
+        cmd.env_remove("RUST_LOG")
+            .env("ENVBUILD_STORE", &self.url)
+            .env("ENVBUILD_TOKEN", token)
+            .env("XDG_CACHE_HOME", self.dir.path().join("client-cache"));
+        cmd
+    }
+
+    /// Every object the server's store holds.
+    fn stored(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.store.clone()];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for entry in entries {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    out.push(path.strip_prefix(&self.store).unwrap().display().to_string());
+                }
+            }
+        }
+        out.retain(|p| !p.contains("/leases/") && !p.contains("tmp"));
+        out.sort();
+        out
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = rustix::process::Pid::from_raw(i32::try_from(self.child.id()).unwrap()).unwrap();
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.terminate();
+        }
+    }
+}
+
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()[0]
+        })
+        .collect()
+}
+
+/// A root filesystem tar of a few chunks.
+fn rootfs(seed: u64) -> Vec<u8> {
+    write_tar(&[
+        RawEntry::dir("etc/"),
+        RawEntry::file("etc/os-release", b"NAME=envbuild-test\n"),
+        RawEntry::dir("opt/"),
+        RawEntry::file("opt/tool.bin", &noise(5_000_000, seed)),
+        RawEntry::symlink("opt/tool", "tool.bin"),
+    ])
+}
+
+/// Imports `tar` through the server with the write token; returns the snapshot id.
+fn import(server: &Server, tar: &[u8]) -> String {
+    let out = server.cli(&server.write).args(["import", "-"]).write_stdin(tar.to_vec()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().last().unwrap().trim().to_owned()
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_http_store_passes_the_conformance_suite() {
+    let server = Server::start();
+    let store: Arc<dyn Store> = Arc::new(server.client(&server.write));
+    conformance::run_all(store, conformance::Options::default()).await;
+}
+
+/// Import, list, fetch, verify and push through the service with the CLI; the key probe
+/// answers only for stored snapshots; a read token cannot write.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_command_works_through_the_service() {
+    let server = Server::start();
+    let tar = rootfs(1);
+    let id = import(&server, &tar);
+
+    let fetched = server.cli(&server.read).args(["fetch", &id, "--tar", "-"]).output().unwrap();
+    assert!(fetched.status.success(), "{}", String::from_utf8_lossy(&fetched.stderr));
+    let direct = LocalStore::open(&server.store).unwrap();
+    let manifest = envbuild_cache::restore::read_manifest(&direct, &id.parse().unwrap()).await.unwrap();
+    assert_eq!(fetched.stdout.len() as u64, manifest.size);
+    let streamed = http()
+        .get(format!("{}/v1/snapshots/{id}/rootfs.tar", server.url))
+        .bearer_auth(&server.read)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(streamed == fetched.stdout, "rootfs.tar differs from fetch --tar");
+
+    let ls = server.cli(&server.read).args(["ls", "--json"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&ls.stdout).contains(&id));
+    let verify = server.cli(&server.read).args(["verify", "--read-data"]).output().unwrap();
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
+
+    // A read token cannot import; nothing new is stored.
+    let before = server.stored();
+    let refused = server.cli(&server.read).args(["import", "-"]).write_stdin(rootfs(2)).output().unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("`write` role"));
+    assert_eq!(server.stored(), before);
+
+    // Push from a local store to the service and pull it back elsewhere.
+    let local = tempfile::tempdir().unwrap();
+    let local_store = local.path().join("store");
+    let out = server
+        .cli(&server.write)
+        .env("ENVBUILD_STORE", &local_store)
+        .args(["import", "-"])
+        .write_stdin(rootfs(3))
+        .output()
+        .unwrap();
+    let other = String::from_utf8(out.stdout).unwrap().lines().last().unwrap().trim().to_owned();
+    let push = server
+        .cli(&server.write)
+        .env("ENVBUILD_STORE", &local_store)
+        .args(["push", &other, "--to", &server.url])
+        .output()
+        .unwrap();
+    assert!(push.status.success(), "{}", String::from_utf8_lossy(&push.stderr));
+    let back = local.path().join("back");
+    let pull = server
+        .cli(&server.read)
+        .env("ENVBUILD_STORE", &back)
+        .args(["pull", &other, "--from", &server.url])
+        .output()
+        .unwrap();
+    assert!(pull.status.success(), "{}", String::from_utf8_lossy(&pull.stderr));
+
+    // The key probe: a record for a stored snapshot resolves; once the snapshot is gone, 404.
+    let key = Digest::of(b"a cache key");
+    let record = serde_json::json!({
+        "format": "envbuild.key.v1", "key": key.to_string(), "snapshot": id,
+        "created": "2026-11-21T00:00:00Z", "builder": "test"
+    });
+    let url = format!("{}/v1/keys/{}", server.url, key.hex());
+    let put = http().put(&url).bearer_auth(&server.write).body(record.to_string()).send().await.unwrap();
+    assert_eq!(put.status(), StatusCode::CREATED);
+    let got = http().get(&url).bearer_auth(&server.read).send().await.unwrap();
+    assert_eq!(got.status(), StatusCode::OK);
+    let got: serde_json::Value = got.json_value().await;
+    assert_eq!(got["snapshot"], id.as_str());
+    std::fs::remove_file(server.store.join(layout::snapshot(&id.parse().unwrap()).as_str())).unwrap();
+    let gone = http().get(&url).bearer_auth(&server.read).send().await.unwrap();
+    assert_eq!(gone.status(), StatusCode::NOT_FOUND);
+    assert!(gone.text().await.unwrap().contains("no longer stored"));
+}
+
+trait JsonValue {
+    async fn json_value(self) -> serde_json::Value;
+}
+
+impl JsonValue for reqwest::Response {
+    async fn json_value(self) -> serde_json::Value {
+        serde_json::from_slice(&self.bytes().await.unwrap()).unwrap()
+    }
+}
+
+/// 401, 403, 400, 409, 412 and 413, each with a public message, and nothing stored by any.
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_requests_are_refused_and_store_nothing() {
+    let server = Server::start();
+    let raw = noise(300_000, 7);
+    let digest = Digest::of(&raw);
+    let frame = envbuild_cache::chunk::compress(&raw, 3).unwrap();
+    let chunk_url = format!("{}/v1/chunks/{}", server.url, digest);
+    let client = http();
+    let put = |url: String, token: Option<&str>, body: Vec<u8>| {
+        let mut request = client.put(url).body(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    let cases: Vec<(&str, reqwest::Response, StatusCode)> = vec![
+        ("no token", put(chunk_url.clone(), None, frame.clone()).await.unwrap(), StatusCode::UNAUTHORIZED),
+        (
+            "a token not in the file",
+            put(chunk_url.clone(), Some("ebt_0000"), frame.clone()).await.unwrap(),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "a read token writing",
+            put(chunk_url.clone(), Some(&server.read), frame.clone()).await.unwrap(),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "a bad digest",
+            put(format!("{}/v1/chunks/sha256:xyz", server.url), Some(&server.write), frame.clone())
+                .await
+                .unwrap(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "path traversal in the object path",
+            put(
+                format!("{}/v1/objects/v1/..%2F..%2Fescaped", server.url),
+                Some(&server.write),
+                b"x".to_vec(),
+            )
+            .await
+            .unwrap(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "path traversal in a digest",
+            put(format!("{}/v1/chunks/..%2F..%2Fescaped", server.url), Some(&server.write), frame.clone())
+                .await
+                .unwrap(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "a body not hashing to the digest",
+            put(
+                format!("{}/v1/chunks/{}", server.url, Digest::of(b"other")),
+                Some(&server.write),
+                frame.clone(),
+            )
+            .await
+            .unwrap(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "a body that is not a zstd frame",
+            put(chunk_url.clone(), Some(&server.write), raw.clone()).await.unwrap(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "an oversized body",
+            put(chunk_url.clone(), Some(&server.write), vec![0u8; 20 * 1024 * 1024]).await.unwrap(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        (
+            "a manifest before its chunks",
+            {
+                let (bytes, id) = manifest_for(&raw, &digest, frame.len() as u64);
+                put(format!("{}/v1/snapshots/{id}", server.url), Some(&server.write), bytes).await.unwrap()
+            },
+            StatusCode::CONFLICT,
+        ),
+        (
+            "a key record for a snapshot not stored",
+            {
+                let key = Digest::of(b"k");
+                let record = serde_json::json!({
+                    "format": "envbuild.key.v1", "key": key.to_string(), "snapshot": Digest::of(b"none").to_string(),
+                    "created": "2026-11-21T00:00:00Z", "builder": "test"
+                });
+                put(
+                    format!("{}/v1/keys/{key}", server.url),
+                    Some(&server.write),
+                    record.to_string().into_bytes(),
+                )
+                .await
+                .unwrap()
+            },
+            StatusCode::CONFLICT,
+        ),
+    ];
+    for (what, response, expected) in cases {
+        assert_eq!(response.status(), expected, "{what}");
+        if expected == StatusCode::UNAUTHORIZED {
+            assert!(response.headers().contains_key("www-authenticate"), "{what}");
+        }
+        let body = response.json_value().await;
+        let message = body["error"]["message"].as_str().unwrap_or_default().to_owned();
+        assert!(!message.is_empty(), "{what}: no public message in {body}");
+        assert!(
+            !message.contains(server.store.to_str().unwrap()),
+            "{what}: the message shows a server path: {message}"
+        );
+    }
+    assert!(server.stored().is_empty(), "refused writes stored {:?}", server.stored());
+    assert!(!server.dir.path().join("escaped").exists());
+
+    // The same chunk, well formed: stored once; a create-only repeat is a 412, a plain repeat 200.
+    let ok = put(chunk_url.clone(), Some(&server.write), frame.clone()).await.unwrap();
+    assert_eq!(ok.status(), StatusCode::CREATED);
+    assert_eq!(ok.headers()["etag"], format!("\"{}\"", digest.hex()).as_str());
+    let again = put(chunk_url.clone(), Some(&server.write), frame.clone()).await.unwrap();
+    assert_eq!(again.status(), StatusCode::OK);
+    let create_only =
+        client.put(&chunk_url).bearer_auth(&server.write).header("if-none-match", "*").body(frame.clone());
+    assert_eq!(create_only.send().await.unwrap().status(), StatusCode::PRECONDITION_FAILED);
+
+    // Cached reads: immutable, and a matching If-None-Match is a 304 without a body.
+    let got = client.get(&chunk_url).bearer_auth(&server.read).send().await.unwrap();
+    assert_eq!(got.headers()["cache-control"], "max-age=31536000, immutable");
+    assert_eq!(got.bytes().await.unwrap().as_ref(), frame.as_slice());
+    let cached = client
+        .get(&chunk_url)
+        .bearer_auth(&server.read)
+        .header("if-none-match", format!("\"{}\"", digest.hex()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cached.status(), StatusCode::NOT_MODIFIED);
+    let head = client.head(&chunk_url).bearer_auth(&server.read).send().await.unwrap();
+    assert_eq!(head.headers()["content-length"], frame.len().to_string().as_str());
+}
+
+/// A one-chunk manifest for `raw`, as canonical JSON, and its id.
+fn manifest_for(raw: &[u8], digest: &Digest, stored: u64) -> (Vec<u8>, String) {
+    let manifest = envbuild_cache::manifest::Manifest {
+        chunking: envbuild_cache::manifest::Chunking {
+            algorithm: envbuild_cache::manifest::ChunkAlgorithm::FastCdc2020,
+            avg: 1 << 20,
+            max: 4 << 20,
+            min: 256 << 10,
+        },
+        chunks: vec![envbuild_cache::manifest::ChunkRef {
+            digest: *digest,
+            size: raw.len() as u64,
+            stored_size: stored,
+        }],
+        compression: envbuild_cache::manifest::Compression {
+            algorithm: envbuild_cache::manifest::Zstd::Zstd,
+            level: 3,
+        },
+        environment: None,
+        format: envbuild_cache::manifest::FORMAT.to_owned(),
+        image_config: None,
+        keys: None,
+        size: raw.len() as u64,
+        toc: Vec::new(),
+    };
+    let (bytes, id) = manifest.encode();
+    (bytes, id.to_string())
+}
+
+/// A hundred clients fetch one snapshot's tar stream at once: all get the same bytes, the
+/// ones `fetch --tar` gives from the store directly.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hundred_concurrent_fetches_are_byte_identical() {
+    let server = Server::start();
+    let id = import(&server, &rootfs(11));
+    let direct = Command::new(bin())
+        .env("ENVBUILD_STORE", &server.store)
+        .args(["fetch", &id, "--tar", "-"])
+        .output()
+        .unwrap();
+    assert!(direct.status.success());
+    let want = Digest::of(&direct.stdout);
+    let client = http();
+    let url = format!("{}/v1/snapshots/{id}/rootfs.tar", server.url);
+    let fetches: Vec<_> = (0..100)
+        .map(|_| {
+            let request = client.get(&url).bearer_auth(&server.read);
+            tokio::spawn(async move {
+                let response = request.send().await.unwrap();
+                assert_eq!(response.status(), StatusCode::OK);
+                Digest::of(&response.bytes().await.unwrap())
+            })
+        })
+        .collect();
+    for fetch in fetches {
+        assert_eq!(fetch.await.unwrap(), want);
+    }
+    // The metrics saw them.
+    let metrics = client.get(format!("{}/metrics", server.url)).send().await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains("envbuild_http_requests_total{route=\"/v1/snapshots/{id}/rootfs.tar\",method=\"GET\",status=\"200\"} 100"),
+        "{metrics}"
+    );
+    assert_eq!(client.get(format!("{}/healthz", server.url)).send().await.unwrap().status(), StatusCode::OK);
+}
+
+/// Every operation the OpenAPI document describes is routed (none falls through to the
+/// "no such route" answer), and the served document is the checked-in one.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_documented_operation_is_served() {
+    let server = Server::start();
+    let doc: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/openapi.json")).unwrap(),
+    )
+    .unwrap();
+    let client = http();
+    let served =
+        client.get(format!("{}/v1/openapi.json", server.url)).bearer_auth(&server.read).send().await.unwrap();
+    assert_eq!(served.json_value().await, doc);
+    let hex = Digest::of(b"x").hex();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        let concrete = path
+            .replace("{path}", "v1/conformance/openapi-probe")
+            .replace("{digest}", &hex)
+            .replace("{id}", &hex)
+            .replace("{key}", &hex);
+        for method in item.as_object().unwrap().keys() {
+            let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let response = client
+                .request(method.clone(), format!("{}{concrete}", server.url))
+                .bearer_auth(&server.write)
+                .body("{}")
+                .send()
+                .await
+                .unwrap();
+            assert_ne!(response.status(), StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+            let body = response.text().await.unwrap();
+            assert!(!body.contains("no_such_route"), "{method} {path} is not routed");
+        }
+    }
+}
+
+/// SIGTERM stops the server cleanly (exit 0).
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_the_server() {
+    let mut server = Server::start();
+    let status = server.terminate();
+    assert!(status.success(), "serve exited with {status}");
+}
+
+fn chromium() -> Option<&'static str> {
+    let found = ["chromium", "chromium-browser"]
+        .into_iter()
+        .find(|name| Command::new(name).arg("--version").output().is_ok_and(|o| o.status.success()));
+    if found.is_none() {
+        assert!(
+            std::env::var_os("ENVBUILD_TEST_REQUIRE_SERVERS").is_none(),
+            "chromium is not installed, but this run requires it: run the tests through scripts/test"
+        );
+        eprintln!("skipping: chromium is not installed");
+    }
+    found
+}
+
+fn headless(browser: &str, dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(browser)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--hide-scrollbars"])
+        .arg(format!("--user-data-dir={}", dir.join("profile").display()))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// The snapshot browser in headless Chromium: the index lists both snapshots with their
+/// keys; one snapshot's page shows its files; the diff shows the added file; the screenshot is
+/// the page (the dark header bar over a light page, text drawn); without credentials, the
+/// sign-in page.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_snapshot_browser_renders_in_chromium() {
+    let Some(browser) = chromium() else { return };
+    let server = Server::start();
+    let old = import(&server, &rootfs(21));
+    let newer = {
+        let mut entries = vec![
+            RawEntry::dir("etc/"),
+            RawEntry::file("etc/os-release", b"NAME=envbuild-test\n"),
+            RawEntry::file("etc/added-by-install", b"new\n"),
+            RawEntry::dir("opt/"),
+            RawEntry::file("opt/tool.bin", &noise(5_000_000, 21)),
+        ];
+        entries.push(RawEntry::symlink("opt/tool", "tool.bin"));
+        write_tar(&entries)
+    };
+    let new = import(&server, &newer);
+    let dir = tempfile::tempdir().unwrap();
+    let host = server.url.trim_start_matches("http://");
+    let authed = format!("http://envbuild:{}@{host}", server.read);
+
+    let dom = headless(browser, dir.path(), &["--dump-dom", &format!("{authed}/")]);
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    let short = |id: &str| id.trim_start_matches("sha256:")[..12].to_owned();
+    assert!(dom.contains(&short(&old)) && dom.contains(&short(&new)), "the index does not list both: {dom}");
+    assert!(dom.contains("Compare two snapshots"));
+
+    let page = headless(browser, dir.path(), &["--dump-dom", &format!("{authed}/snapshots/{}", short(&new))]);
+    let page = String::from_utf8_lossy(&page.stdout);
+    assert!(page.contains("etc/added-by-install") && page.contains("opt/tool.bin"), "{page}");
+
+    let diff = headless(browser, dir.path(), &["--dump-dom", &format!("{authed}/diff?a={old}&b={new}")]);
+    let diff = String::from_utf8_lossy(&diff.stdout);
+    assert!(diff.contains("Added (1)") && diff.contains("etc/added-by-install"), "{diff}");
+
+    // Without credentials a browser is asked for them (headless Chromium cannot answer and
+    // fails the load), over a page that says how to get a token.
+    let anonymous = http().get(format!("{}/", server.url)).send().await.unwrap();
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    assert!(anonymous.headers()["www-authenticate"].to_str().unwrap().starts_with("Basic "));
+    assert!(anonymous.text().await.unwrap().contains("envbuild token new --role read"));
+
+    let shot = dir.path().join("index.png");
+    let out = headless(
+        browser,
+        dir.path(),
+        &["--window-size=1280,900", &format!("--screenshot={}", shot.display()), &format!("{authed}/")],
+    );
+    assert!(shot.exists(), "no screenshot: {}", String::from_utf8_lossy(&out.stderr));
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&shot).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut pixels).unwrap();
+    assert_eq!((info.width, info.height), (1280, 900));
+    let channels = info.line_size / info.width as usize;
+    let pixel = |x: usize, y: usize| {
+        let at = y * info.line_size + x * channels;
+        (pixels[at], pixels[at + 1], pixels[at + 2])
+    };
+    // The header bar is #1d2330, the page below it #f6f7f9.
+    let (r, g, b) = pixel(640, 10);
+    assert!(r < 60 && g < 60 && b < 80, "the header is not dark: {:?}", (r, g, b));
+    let (r, g, b) = pixel(1270, 880);
+    assert!(r > 230 && g > 230 && b > 230, "the page is not light: {:?}", (r, g, b));
+    // Text was drawn: many dark pixels in the table area.
+    let dark =
+        (60..400).flat_map(|y| (0..1280).map(move |x| (x, y))).filter(|&(x, y)| pixel(x, y).0 < 100).count();
+    assert!(dark > 2000, "the page looks empty ({dark} dark pixels)");
+}
