@@ -201,6 +201,8 @@ async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Nex
     let id = format!("{:016x}", rand::random::<u64>());
     let span = tracing::info_span!("request", id = %id, method = %method, path = %request.uri().path());
     let started = Instant::now();
+    let has_body = request.headers().contains_key(header::TRANSFER_ENCODING)
+        || request.headers().get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0");
     state.metrics.request_started();
     let request = {
         let metrics = state.metrics.clone();
@@ -212,6 +214,11 @@ async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Nex
     state.metrics.request_finished(&route, &method, status, started.elapsed());
     span.in_scope(|| tracing::debug!(status, elapsed_ms = started.elapsed().as_millis(), "answered"));
     let (mut parts, body) = response.into_parts();
+    // A refused request's body may be partly unread, and then the connection cannot carry
+    // another request: say so, or a client would reuse it and see it reset.
+    if has_body && status >= 400 {
+        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     if let Ok(value) = HeaderValue::from_str(&id) {
         parts.headers.insert("x-request-id", value);
     }

@@ -383,6 +383,15 @@ async fn bad_requests_are_refused_and_store_nothing() {
     assert_eq!(cached.status(), StatusCode::NOT_MODIFIED);
     let head = client.head(&chunk_url).bearer_auth(&server.read).send().await.unwrap();
     assert_eq!(head.headers()["content-length"], frame.len().to_string().as_str());
+
+    // A store failure: a public message and a request id, no path of the server.
+    let file = server.store.join(layout::chunk(&digest).as_str());
+    std::fs::write(&file, vec![0u8; 17 * 1024 * 1024]).unwrap(); // larger than any chunk may be
+    let failed = client.get(&chunk_url).bearer_auth(&server.read).send().await.unwrap();
+    assert_eq!(failed.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(failed.headers().contains_key("x-request-id"));
+    let text = failed.text().await.unwrap();
+    assert!(text.contains("log has the details") && !text.contains(server.store.to_str().unwrap()), "{text}");
 }
 
 /// A one-chunk manifest for `raw`, as canonical JSON, and its id.
