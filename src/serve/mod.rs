@@ -9,7 +9,8 @@
 //! - [`browse`]: the snapshot browser, server-rendered HTML at `/`;
 //! - [`auth`]: bearer tokens with roles, from a file of their hashes;
 //! - [`metrics`]: Prometheus metrics at `/metrics`; `/healthz` answers while the process runs;
-//! - [`error`]: public error messages, details to the log.
+//! - [`error`]: public error messages, details to the log;
+//! - `manifests`: the in-memory cache of manifests.
 //!
 //! Bodies stream: a tar stream is sent chunk by chunk as chunks are verified, and request
 //! bodies are bounded by what their path may hold (a chunk's zstd bound, `--max-manifest`,
@@ -20,11 +21,11 @@ pub mod api;
 pub mod auth;
 pub mod browse;
 pub mod error;
+mod manifests;
 pub mod metrics;
 
-use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -68,7 +69,7 @@ pub struct AppState {
     pub tokens: Tokens,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
-    manifests: ManifestCache,
+    manifests: manifests::ManifestCache,
 }
 
 impl AppState {
@@ -82,48 +83,6 @@ impl AppState {
         let manifest = Arc::new(restore::read_manifest(&*self.store, id).await?);
         self.manifests.insert(*id, manifest.clone());
         Ok(manifest)
-    }
-}
-
-/// Immutable manifests by id, oldest out first when over the byte budget.
-#[derive(Debug)]
-struct ManifestCache {
-    budget: usize,
-    inner: Mutex<Cached>,
-}
-
-/// Manifests with their estimated cost, their insertion order, and the total cost.
-type Cached = (HashMap<SnapshotId, (Arc<Manifest>, usize)>, VecDeque<SnapshotId>, usize);
-
-impl ManifestCache {
-    fn new(budget: usize) -> Self {
-        Self { budget, inner: Mutex::new((HashMap::new(), VecDeque::new(), 0)) }
-    }
-
-    fn get(&self, id: &SnapshotId) -> Option<Arc<Manifest>> {
-        let inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        inner.0.get(id).map(|(m, _)| m.clone())
-    }
-
-    fn insert(&self, id: SnapshotId, manifest: Arc<Manifest>) {
-        // An estimate of the decoded size: what the entries hold, not the JSON.
-        let cost =
-            manifest.chunks.len() * 64 + manifest.toc.iter().map(|e| 160 + e.path.len()).sum::<usize>();
-        if cost > self.budget {
-            return;
-        }
-        let mut guard = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (map, order, total) = &mut *guard;
-        if map.insert(id, (manifest, cost)).is_none() {
-            order.push_back(id);
-            *total += cost;
-        }
-        while *total > self.budget {
-            let Some(oldest) = order.pop_front() else { break };
-            if let Some((_, freed)) = map.remove(&oldest) {
-                *total -= freed;
-            }
-        }
     }
 }
 
@@ -282,7 +241,7 @@ pub async fn run(
         tokens,
         metrics: Arc::new(Metrics::default()),
         limits: options.limits,
-        manifests: ManifestCache::new(options.manifest_cache_bytes),
+        manifests: manifests::ManifestCache::new(options.manifest_cache_bytes),
     });
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
