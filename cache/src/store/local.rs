@@ -117,7 +117,14 @@ impl LocalStore {
     }
 
     fn get_blocking(&self, path: &ObjectPath, limit: u64) -> Result<GetResult, StoreError> {
-        let mut file = match std::fs::File::open(self.file(path)) {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Objects are regular files: a symlink in their place (planted, or left by a tool) is
+        // refused rather than followed out of the store, as `head` and `list` do not count it.
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits().cast_signed())
+            .open(self.file(path));
+        let mut file = match opened {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(StoreError::NotFound { store: self.location(), path: path.to_string() });

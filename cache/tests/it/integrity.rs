@@ -86,6 +86,27 @@ async fn a_deleted_chunk_is_detected() {
     damage_is_detected("deleted", |path| std::fs::remove_file(path).unwrap(), true).await;
 }
 
+/// A chunk file replaced by a symlink, even to an identical copy outside the store, is
+/// refused: the store reads only its own regular files.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chunk_replaced_by_a_symlink_is_not_followed() {
+    let work = tempfile::tempdir().unwrap();
+    let local = LocalStore::open(work.path().join("store")).unwrap();
+    let store: Arc<dyn Store> = Arc::new(local.clone());
+    let report = import(&store, three_chunk_tar(9)).await;
+    let manifest = restore::read_manifest(&*store, &report.id).await.unwrap();
+    let victim = manifest.chunks[0].digest;
+    let file = local.root().join(layout::chunk(&victim).as_str());
+    let outside = work.path().join("outside-copy");
+    std::fs::rename(&file, &outside).unwrap();
+    std::os::unix::fs::symlink(&outside, &file).unwrap();
+    let err = store.get(&layout::chunk(&victim), u64::MAX).await.unwrap_err();
+    assert!(!err.is_not_found(), "a symlink is not a miss: {err}");
+    let err = fetch_bytes(&store, &report.id).await.unwrap_err();
+    assert!(err.to_string().contains(&victim.hex()), "{err}");
+    assert!(store.head(&layout::chunk(&victim)).await.unwrap().is_none());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_damaged_manifest_is_detected() {
     let work = tempfile::tempdir().unwrap();
