@@ -496,11 +496,27 @@ async fn every_documented_operation_is_served() {
     }
 }
 
-/// SIGTERM stops the server cleanly (exit 0).
+/// SIGTERM stops the server cleanly (exit 0): a download in flight finishes whole, new
+/// connections are refused.
 #[tokio::test(flavor = "multi_thread")]
-async fn sigterm_stops_the_server() {
+async fn sigterm_lets_a_download_in_flight_finish() {
     let mut server = Server::start();
-    let status = server.terminate();
+    // Larger than the socket buffers can hold, so the server is still sending at SIGTERM.
+    let id = import(&server, &write_tar(&[RawEntry::file("big", &noise(48 << 20, 31))]));
+    let url = format!("{}/v1/snapshots/{id}/rootfs.tar", server.url);
+    let mut response = http().get(&url).bearer_auth(&server.read).send().await.unwrap();
+    let expected = response.content_length().unwrap();
+    let mut received = response.chunk().await.unwrap().unwrap().len() as u64;
+    let pid = rustix::process::Pid::from_raw(i32::try_from(server.child.id()).unwrap()).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let refused = http().get(format!("{}/healthz", server.url)).send().await;
+    assert!(refused.is_err(), "a new connection was accepted while shutting down");
+    while let Some(piece) = response.chunk().await.unwrap() {
+        received += piece.len() as u64;
+    }
+    assert_eq!(received, expected, "the download in flight was cut off");
+    let status = server.child.wait().unwrap();
     assert!(status.success(), "serve exited with {status}");
 }
 
