@@ -145,11 +145,24 @@ impl HttpStore {
     }
 
     fn network_error(&self, operation: &'static str, path: &str, error: &reqwest::Error) -> StoreError {
+        // The deepest cause says what happened ("Connection refused"); reqwest's own layers
+        // only repeat the URL, which the store's name already gives.
+        let mut cause: &dyn std::error::Error = error;
+        while let Some(next) = cause.source() {
+            cause = next;
+        }
+        let what = if error.is_connect() {
+            "cannot connect to the server"
+        } else if error.is_timeout() {
+            "the request timed out"
+        } else {
+            "the connection failed"
+        };
         StoreError::Backend {
             store: self.location(),
             operation,
             path: path.to_owned(),
-            message: crate::error::chain_text(error),
+            message: format!("{what}: {cause}"),
             retryable: true,
         }
     }
