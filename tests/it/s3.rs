@@ -25,7 +25,7 @@ pub fn moto_endpoint() -> Option<String> {
 }
 
 /// A fresh bucket on moto; returns its `s3://` URL with a prefix.
-async fn bucket(endpoint: &str) -> String {
+pub async fn bucket(endpoint: &str) -> String {
     let url = format!("s3://envbuild-it-{:012x}/env", rand_u64() & 0xffff_ffff_ffff);
     let options = S3Options {
         endpoint_url: Some(endpoint.to_owned()),

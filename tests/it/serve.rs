@@ -37,6 +37,27 @@ fn new_token(tokens: &Path, role: &str) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
+/// Starts `envbuild serve` over `store` with `env`; returns the child and its URL.
+fn spawn_serve(store: &str, tokens: &Path, env: &[(&str, String)], cache: &Path) -> (Child, String) {
+    let mut command = Command::new(bin());
+    command
+        .env_remove("RUST_LOG")
+        .env("XDG_CACHE_HOME", cache)
+        .args(["serve", "--listen", "127.0.0.1:0", "--shutdown-grace", "5s", "--tokens"])
+        .arg(tokens)
+        .args(["--store", store])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let mut child = command.spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(line.starts_with("http://127.0.0.1:"), "serve printed {line:?}");
+    (child, line.trim().to_owned())
+}
+
 impl Server {
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
@@ -44,21 +65,8 @@ impl Server {
         let tokens = dir.path().join("tokens");
         let read = new_token(&tokens, "read");
         let write = new_token(&tokens, "write");
-        let mut child = Command::new(bin())
-            .env_remove("RUST_LOG")
-            .env("XDG_CACHE_HOME", dir.path().join("cache"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--shutdown-grace", "5s", "--tokens"])
-            .arg(&tokens)
-            .arg("--store")
-            .arg(&store)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        assert!(line.starts_with("http://127.0.0.1:"), "serve printed {line:?}");
-        Self { child, url: line.trim().to_owned(), read, write, store, dir }
+        let (child, url) = spawn_serve(store.to_str().unwrap(), &tokens, &[], &dir.path().join("cache"));
+        Self { child, url, read, write, store, dir }
     }
 
     fn client(&self, token: &str) -> HttpStore {
@@ -518,6 +526,64 @@ async fn sigterm_lets_a_download_in_flight_finish() {
     assert_eq!(received, expected, "the download in flight was cut off");
     let status = server.child.wait().unwrap();
     assert!(status.success(), "serve exited with {status}");
+}
+
+/// Two replicas over one S3 bucket (moto) share nothing but the bucket: a snapshot pushed
+/// through one is fetched, byte-identical, through the other.
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_over_one_bucket_serve_the_same_snapshots() {
+    let Some(endpoint) = super::s3::moto_endpoint() else { return };
+    let bucket = super::s3::bucket(&endpoint).await;
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    let read = new_token(&tokens, "read");
+    let write = new_token(&tokens, "write");
+    let aws: Vec<(&str, String)> = vec![
+        ("AWS_ENDPOINT_URL", endpoint.clone()),
+        ("AWS_ACCESS_KEY_ID", "test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_EC2_METADATA_DISABLED", "true".into()),
+    ];
+    let (a, url_a) = spawn_serve(&bucket, &tokens, &aws, &dir.path().join("cache-a"));
+    let (b, url_b) = spawn_serve(&bucket, &tokens, &aws, &dir.path().join("cache-b"));
+    let mut replicas = Reaper(vec![a, b]);
+    let local = dir.path().join("local");
+    let tar = rootfs(41);
+    let cli = |store: &str, token: &str| {
+        let mut cmd = assert_cmd::Command::new(bin());
+        cmd.env_remove("RUST_LOG")
+            .env("ENVBUILD_STORE", store)
+            .env("ENVBUILD_TOKEN", token)
+            .env("XDG_CACHE_HOME", dir.path().join("client-cache"));
+        cmd
+    };
+    let out = cli(local.to_str().unwrap(), "").args(["import", "-"]).write_stdin(tar).output().unwrap();
+    let id = String::from_utf8(out.stdout).unwrap().lines().last().unwrap().trim().to_owned();
+    let push = cli(local.to_str().unwrap(), &write).args(["push", &id, "--to", &url_a]).output().unwrap();
+    assert!(push.status.success(), "{}", String::from_utf8_lossy(&push.stderr));
+    let direct = cli(local.to_str().unwrap(), "").args(["fetch", &id, "--tar", "-"]).output().unwrap();
+    let via_b =
+        http().get(format!("{url_b}/v1/snapshots/{id}/rootfs.tar")).bearer_auth(&read).send().await.unwrap();
+    assert_eq!(via_b.status(), StatusCode::OK);
+    assert!(via_b.bytes().await.unwrap() == direct.stdout, "replica b served other bytes");
+    for child in &mut replicas.0 {
+        let pid = rustix::process::Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap();
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        assert!(child.wait().unwrap().success());
+    }
+}
+
+/// Kills the servers it holds when a test ends early.
+struct Reaper(Vec<Child>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 fn chromium() -> Option<&'static str> {
