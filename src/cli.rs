@@ -168,8 +168,9 @@ pub enum Command {
     ///
     /// Every other request needs a token from `--tokens` (see `envbuild token new`):
     /// `Authorization: Bearer <token>`, or in a browser any user name and the token as the
-    /// password. The address listened on is printed on stdout. SIGINT or SIGTERM stop it
-    /// gracefully. Serve plain HTTP on a trusted network, or put a TLS proxy in front.
+    /// password. The address listened on is printed on stdout; errors are logged on stderr,
+    /// and with `-v` every request (method, path, status, time, request id). SIGINT or SIGTERM
+    /// stop it gracefully. Serve plain HTTP on a trusted network, or put a TLS proxy in front.
     #[command(
         after_help = "Examples:\n  envbuild token new --role write --tokens tokens.txt > ci.token\n  envbuild serve --listen 0.0.0.0:7878 --store s3://bucket/envbuild --tokens tokens.txt\n  ENVBUILD_TOKEN=$(cat ci.token) envbuild push sha256:3f2a... --to http://cache:7878"
     )]

@@ -528,6 +528,33 @@ async fn sigterm_lets_a_download_in_flight_finish() {
     assert!(status.success(), "serve exited with {status}");
 }
 
+/// A token added while the server runs works within a few seconds; an edit that breaks the
+/// file keeps the tokens in force.
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_added_while_running_take_effect() {
+    let server = Server::start();
+    let tokens = server.dir.path().join("tokens");
+    let late = new_token(&tokens, "read");
+    let url = format!("{}/v1/objects?prefix=v1/", server.url);
+    let status = |token: String| {
+        let url = url.clone();
+        async move { http().get(url).bearer_auth(token).send().await.unwrap().status() }
+    };
+    let mut accepted = false;
+    for _ in 0..50 {
+        if status(late.clone()).await == StatusCode::OK {
+            accepted = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(accepted, "the new token was not accepted within 5 s");
+    std::fs::write(&tokens, format!("{}not a tokens line\n", std::fs::read_to_string(&tokens).unwrap()))
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(status(late).await, StatusCode::OK, "a broken tokens file dropped the tokens in force");
+}
+
 /// Two replicas over one S3 bucket (moto) share nothing but the bucket: a snapshot pushed
 /// through one is fetched, byte-identical, through the other.
 #[tokio::test(flavor = "multi_thread")]
