@@ -163,19 +163,25 @@ async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Nex
     let has_body = request.headers().contains_key(header::TRANSFER_ENCODING)
         || request.headers().get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0");
     state.metrics.request_started();
+    let body_read = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let request = {
         let metrics = state.metrics.clone();
         let route = route.clone();
-        request.map(|body| Body::new(Counting::new(body, move |n| metrics.request_bytes(&route, n))))
+        let body_read = body_read.clone();
+        request.map(|body| {
+            let mut counting = Counting::new(body, move |n| metrics.request_bytes(&route, n));
+            counting.finished = Some(body_read);
+            Body::new(counting)
+        })
     };
     let response = next.run(request).instrument(span.clone()).await;
     let status = response.status().as_u16();
     state.metrics.request_finished(&route, &method, status, started.elapsed());
     span.in_scope(|| tracing::debug!(status, elapsed_ms = started.elapsed().as_millis(), "answered"));
     let (mut parts, body) = response.into_parts();
-    // A refused request's body may be partly unread, and then the connection cannot carry
-    // another request: say so, or a client would reuse it and see it reset.
-    if has_body && status >= 400 {
+    // A body left partly unread (a refused request) means the connection cannot carry another
+    // request: say so, or a client would reuse it and see it reset.
+    if has_body && !body_read.load(std::sync::atomic::Ordering::Relaxed) {
         parts.headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     if let Ok(value) = HeaderValue::from_str(&id) {
@@ -190,11 +196,13 @@ async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Nex
 struct Counting<F> {
     inner: Body,
     count: F,
+    /// Set once the body has been read to its end.
+    finished: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl<F: Fn(u64)> Counting<F> {
     fn new(inner: Body, count: F) -> Self {
-        Self { inner, count }
+        Self { inner, count, finished: None }
     }
 }
 
@@ -207,10 +215,18 @@ impl<F: Fn(u64) + Unpin> http_body::Body for Counting<F> {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
-        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            (self.count)(data.len() as u64);
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    (self.count)(data.len() as u64);
+                }
+            }
+            std::task::Poll::Ready(None) => {
+                if let Some(finished) = &self.finished {
+                    finished.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            _ => {}
         }
         polled
     }
