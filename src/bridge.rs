@@ -9,6 +9,7 @@ use bytes::Bytes;
 use envbuild_builder::engine::{ByteStream, EngineError};
 use envbuild_cache::Store;
 use envbuild_cache::manifest::Manifest;
+use envbuild_cache::restore::ChannelReader;
 use futures::StreamExt;
 
 /// A blocking reader over an async byte stream (read it from a blocking thread). A task pulls
@@ -23,28 +24,7 @@ pub fn stream_reader(mut stream: ByteStream) -> impl Read + Send {
             }
         }
     });
-    ChannelReader { rx, current: Bytes::new() }
-}
-
-struct ChannelReader {
-    rx: tokio::sync::mpsc::Receiver<Result<Bytes, EngineError>>,
-    current: Bytes,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.current.is_empty() {
-            match self.rx.blocking_recv() {
-                None => return Ok(0),
-                Some(Ok(bytes)) => self.current = bytes,
-                Some(Err(e)) => return Err(std::io::Error::other(e)),
-            }
-        }
-        let n = self.current.len().min(buf.len());
-        buf[..n].copy_from_slice(&self.current[..n]);
-        let _ = self.current.split_to(n);
-        Ok(n)
-    }
+    ChannelReader::new(rx)
 }
 
 /// A snapshot's verified tar stream, as the engine takes it.

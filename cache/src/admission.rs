@@ -122,22 +122,13 @@ mod tests {
     use crate::ingest::{self, IngestOptions, Progress};
     use crate::store::memory::MemoryStore;
     use crate::store::{PutMode, Store};
-    use crate::testing::{RawEntry, write_tar};
+    use crate::testing::{RawEntry, noise, write_tar};
 
     #[tokio::test]
     async fn chunks_then_manifest_then_key() {
         // A real snapshot in one store; its objects are offered one by one to another.
         let source: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
-        let big: Vec<u8> = (0..6_000_000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x.to_le_bytes()[0]
-            })
-            .collect();
-        let tar = write_tar(&[RawEntry::dir("etc/"), RawEntry::file("etc/big", &big)]);
+        let tar = write_tar(&[RawEntry::dir("etc/"), RawEntry::file("etc/big", &noise(6_000_000, 1))]);
         let options = IngestOptions { spill_dir: std::env::temp_dir(), ..IngestOptions::default() };
         let report = ingest::ingest(
             source.clone(),

@@ -123,18 +123,6 @@ impl Chunker {
 mod tests {
     use super::*;
 
-    fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x.to_le_bytes()[3]
-            })
-            .collect()
-    }
-
     fn chunk_all(data: &[u8], slice: usize) -> Vec<Bytes> {
         let mut chunker = Chunker::new(ChunkParams::default());
         let mut out = Vec::new();
@@ -147,7 +135,7 @@ mod tests {
 
     #[test]
     fn boundaries_do_not_depend_on_slicing_and_respect_bounds() {
-        let data = pseudo_random(20 * 1024 * 1024, 7);
+        let data = crate::testing::noise(20 * 1024 * 1024, 7);
         let a = chunk_all(&data, 1 << 20);
         let b = chunk_all(&data, 4093);
         assert_eq!(a, b);
@@ -160,7 +148,7 @@ mod tests {
 
     #[test]
     fn an_insertion_changes_few_chunks() {
-        let data = pseudo_random(32 * 1024 * 1024, 11);
+        let data = crate::testing::noise(32 * 1024 * 1024, 11);
         let mut edited = data.clone();
         edited.splice(10_000_000..10_000_000, b"an insertion".iter().copied());
         let a: std::collections::HashSet<_> = chunk_all(&data, 65536).into_iter().collect();
@@ -173,7 +161,7 @@ mod tests {
     /// FastCDC implementation shows up here, because it changes every snapshot id.
     #[test]
     fn boundaries_are_stable() {
-        let data = pseudo_random(8 * 1024 * 1024, 3);
+        let data = crate::testing::noise(8 * 1024 * 1024, 3);
         let sizes: Vec<usize> = chunk_all(&data, 1 << 16).iter().map(Bytes::len).collect();
         insta::assert_debug_snapshot!(sizes);
     }

@@ -68,6 +68,23 @@ impl ObjectPath {
     }
 }
 
+/// Checks a listing prefix: the beginning of an object path (empty included), so it has only
+/// path bytes and `/`, no `.` or `..` component and no leading `/`. A local store walks the
+/// directory a prefix names, so this is what keeps a listing inside the store.
+pub fn check_prefix(prefix: &str) -> Result<(), InvalidPath> {
+    let invalid = |reason| Err(InvalidPath { path: prefix.chars().take(120).collect(), reason });
+    if prefix.len() > ObjectPath::MAX_LEN {
+        return invalid("a prefix is at most 512 bytes long");
+    }
+    if prefix.starts_with('/') || prefix.split('/').any(|c| c == "." || c == "..") {
+        return invalid("a prefix has no leading `/` and no `.` or `..` component");
+    }
+    if !prefix.bytes().all(|b| b == b'/' || is_path_byte(b)) {
+        return invalid("only ASCII letters, digits, `/` and `-_.:=@+%` are allowed in a prefix");
+    }
+    Ok(())
+}
+
 fn is_path_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'=' | b'@' | b'+' | b'%')
 }
@@ -156,5 +173,11 @@ mod tests {
         assert!(reference("../x").is_err());
         assert!(reference("team/main").is_ok());
         assert!(ObjectPath::new("v1/secrets/team:core/TOKEN").is_ok());
+        for bad in ["../", "v1/../x", "/v1", "v1/./", "v1 x", "v1\\"] {
+            assert!(check_prefix(bad).is_err(), "{bad:?}");
+        }
+        for good in ["", "v1/", "v1/chunks/ab", "v1/secrets/team:core/"] {
+            assert!(check_prefix(good).is_ok(), "{good:?}");
+        }
     }
 }

@@ -258,13 +258,26 @@ impl Read for ChunkReader {
     }
 }
 
-/// A blocking reader fed by a channel of verified chunks; errors travel down the channel.
-struct ChannelReader {
-    rx: mpsc::Receiver<Result<Bytes>>,
+/// A blocking reader fed by a channel of byte pieces (read it from a blocking thread); an
+/// error sent down the channel fails the read that reaches it.
+pub struct ChannelReader<E> {
+    rx: mpsc::Receiver<Result<Bytes, E>>,
     current: Bytes,
 }
 
-impl Read for ChannelReader {
+impl<E> ChannelReader<E> {
+    pub fn new(rx: mpsc::Receiver<Result<Bytes, E>>) -> Self {
+        Self { rx, current: Bytes::new() }
+    }
+}
+
+impl<E> std::fmt::Debug for ChannelReader<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChannelReader").field("buffered", &self.current.len()).finish_non_exhaustive()
+    }
+}
+
+impl<E: Into<Box<dyn std::error::Error + Send + Sync>>> Read for ChannelReader<E> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         while self.current.is_empty() {
             match self.rx.blocking_recv() {
@@ -291,8 +304,7 @@ async fn pump<T: Send + 'static>(
 ) -> Result<T> {
     progress.total.store(manifest.size, Ordering::Relaxed);
     let (tx, rx) = mpsc::channel::<Result<Bytes>>(concurrency.max(2));
-    let consumer =
-        tokio::task::spawn_blocking(move || consume(&mut ChannelReader { rx, current: Bytes::new() }));
+    let consumer = tokio::task::spawn_blocking(move || consume(&mut ChannelReader::new(rx)));
     let mut stream = std::pin::pin!(chunk_stream(store, manifest.chunks.clone(), concurrency));
     let mut fetch_error = None;
     while let Some(item) = stream.next().await {

@@ -1,8 +1,22 @@
 //! Test support (feature `testing`): a raw tar writer that can write what no well-behaved tool
 //! writes (`..` paths, absolute paths, links out of the tree, any order), for the hostile-input
-//! and ordering tests of this crate and of the binary.
+//! and ordering tests of this crate and of the binary; and [`noise`], the incompressible bytes
+//! every test uses for real sizes on the wire and in the store.
 
 #![allow(clippy::missing_panics_doc)]
+
+/// `len` deterministic bytes that do not compress (xorshift64), different for each `seed`.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()[3]
+        })
+        .collect()
+}
 
 /// One entry to write.
 #[derive(Debug, Clone)]

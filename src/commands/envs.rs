@@ -27,6 +27,14 @@ async fn find(engine: &Arc<dyn ContainerEngine>, name: &str) -> anyhow::Result<C
         .with_context(|| format!("there is no environment named `{name}`\nhint: `envbuild ps` lists them"))
 }
 
+/// The names of the environment's terminals, from the label boot gave it.
+fn terminals_of(container: &ContainerInfo) -> Vec<&str> {
+    container
+        .labels
+        .get(boot::TERMINALS_LABEL)
+        .map_or_else(Vec::new, |l| l.split(',').filter(|t| !t.is_empty()).collect())
+}
+
 pub async fn ps(args: &PsArgs) -> anyhow::Result<ExitCode> {
     let engine = engine().await?;
     let mut list = engine.containers(boot::NAME_LABEL).await?;
@@ -39,7 +47,7 @@ pub async fn ps(args: &PsArgs) -> anyhow::Result<ExitCode> {
                 serde_json::json!({
                     "name": label(c, boot::NAME_LABEL), "container": c.id, "running": c.running,
                     "snapshot": label(c, boot::SNAPSHOT_LABEL),
-                    "terminals": label(c, boot::TERMINALS_LABEL).split(',').filter(|t| !t.is_empty()).collect::<Vec<_>>(),
+                    "terminals": terminals_of(c),
                 })
             })
             .collect();
@@ -71,8 +79,7 @@ pub async fn logs(global: &GlobalArgs, args: &LogsArgs) -> anyhow::Result<ExitCo
         anyhow::bail!("the environment `{}` is not running", args.name);
     }
     if let Some(wanted) = &args.terminal {
-        let terminals = container.labels.get(boot::TERMINALS_LABEL).cloned().unwrap_or_default();
-        let mut known: Vec<&str> = terminals.split(',').filter(|t| !t.is_empty()).collect();
+        let mut known = terminals_of(&container);
         known.push("start");
         if !known.contains(&wanted.as_str()) {
             anyhow::bail!(

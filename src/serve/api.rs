@@ -113,8 +113,7 @@ fn object_path(param: Result<Path<String>, PathRejection>) -> Result<ObjectPath,
 
 fn digest(param: Result<Path<String>, PathRejection>, what: &str) -> Result<Digest, ApiError> {
     let Path(raw) = param.map_err(|e| ApiError::bad_request(format!("the {what} is not valid: {e}")))?;
-    let hex = raw.strip_prefix(envbuild_cache::digest::DIGEST_PREFIX).unwrap_or(&raw);
-    Digest::from_hex(hex).map_err(|_| {
+    raw.parse::<Digest>().map_err(|_| {
         let shown: String = raw.chars().take(80).collect();
         ApiError::bad_request(format!("`{shown}` is not a {what}: expected sha256:<64 hex digits>"))
     })
@@ -195,12 +194,8 @@ async fn list_objects(
     State(state): State<Arc<AppState>>,
     Query(ListQuery { prefix }): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
-    let valid = prefix.len() <= ObjectPath::MAX_LEN
-        && prefix.bytes().all(|b| b == b'/' || b.is_ascii_alphanumeric() || b"-_.:=@+%".contains(&b))
-        && !prefix.split('/').any(|c| c == "..");
-    if !valid {
-        return Err(ApiError::bad_request("the prefix has characters no object path has"));
-    }
+    // Checked here too, not only by a local store: the answer is the same over any store.
+    layout::check_prefix(&prefix).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let objects: Vec<serde_json::Value> = state
         .store
         .list(&prefix)

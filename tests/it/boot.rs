@@ -22,6 +22,15 @@ fn set_secret(store: &Path, home: &Path, name: &str, value: &str, extra: &[&str]
     eb(store, home).args(["secrets", "set", name]).args(extra).write_stdin(value).output().unwrap()
 }
 
+/// Boots snapshot `id` as `name` with `repo` at /workspace, without network, reporting JSON.
+fn boot_repo(store: &Path, home: &Path, id: &str, name: &str, repo: &Path) -> Output {
+    eb(store, home)
+        .args(["boot", id, "--network", "none", "--json", "--name", name, "--repo"])
+        .arg(repo)
+        .output()
+        .unwrap()
+}
+
 fn all_text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
@@ -148,20 +157,7 @@ async fn boot_runs_install_start_and_terminals_with_masked_secrets() {
 
     let name = format!("envbuild-test-boot-{}", std::process::id());
     let _removes = Removes(name.clone());
-    let booted = eb(store.path(), home.path())
-        .args([
-            "boot",
-            report["id"].as_str().unwrap(),
-            "--network",
-            "none",
-            "--json",
-            "--name",
-            &name,
-            "--repo",
-        ])
-        .arg(repo.path())
-        .output()
-        .unwrap();
+    let booted = boot_repo(store.path(), home.path(), report["id"].as_str().unwrap(), &name, repo.path());
     let boot_text = all_text(&booted);
     assert!(booted.status.success(), "{boot_text}");
     assert!(boot_text.contains("install sees ***"), "{boot_text}");
@@ -368,20 +364,7 @@ async fn terminals_run_in_tmux_when_the_image_has_it() {
 
     let name = format!("envbuild-test-tmux-{}", std::process::id());
     let _removes = Removes(name.clone());
-    let booted = eb(store.path(), home.path())
-        .args([
-            "boot",
-            report["id"].as_str().unwrap(),
-            "--network",
-            "none",
-            "--json",
-            "--name",
-            &name,
-            "--repo",
-        ])
-        .arg(repo.path())
-        .output()
-        .unwrap();
+    let booted = boot_repo(store.path(), home.path(), report["id"].as_str().unwrap(), &name, repo.path());
     let boot: serde_json::Value = json(&booted);
     assert_eq!(boot["terminal_mode"], "tmux", "{}", all_text(&booted));
     let windows = std::process::Command::new("docker")

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use assert_cmd::Command;
 use envbuild_cache::store::s3::{self as s3store, S3Options};
-use envbuild_cache::testing::{RawEntry, write_tar};
+use envbuild_cache::testing::{RawEntry, noise, write_tar};
 
 /// The moto endpoint, or `None` when it is not running (then the test is skipped, unless the
 /// run requires servers, as CI's does).
@@ -60,18 +60,6 @@ fn aws_env(cmd: &mut Command, endpoint: &str, home: &Path) {
         .env("AWS_REGION", "us-east-1")
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("XDG_CACHE_HOME", home.join("cache"));
-}
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x.to_le_bytes()[4]
-        })
-        .collect()
 }
 
 fn image(seed: u64) -> Vec<u8> {

@@ -13,7 +13,7 @@ use envbuild_cache::layout;
 use envbuild_cache::store::conformance;
 use envbuild_cache::store::http::{HttpOptions, HttpStore};
 use envbuild_cache::store::local::LocalStore;
-use envbuild_cache::testing::{RawEntry, write_tar};
+use envbuild_cache::testing::{RawEntry, noise, write_tar};
 use reqwest::StatusCode;
 
 fn bin() -> PathBuf {
@@ -115,18 +115,6 @@ impl Drop for Server {
             let _ = self.terminate();
         }
     }
-}
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x.to_le_bytes()[0]
-        })
-        .collect()
 }
 
 /// A root filesystem tar of a few chunks.
@@ -365,6 +353,13 @@ async fn bad_requests_are_refused_and_store_nothing() {
         );
     }
     assert!(server.stored().is_empty(), "refused writes stored {:?}", server.stored());
+    let listing = client
+        .get(format!("{}/v1/objects?prefix=../", server.url))
+        .bearer_auth(&server.read)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listing.status(), StatusCode::BAD_REQUEST, "a listing prefix with `..`");
     assert!(!server.dir.path().join("escaped").exists());
 
     // The same chunk, well formed: stored once; a create-only repeat is a 412, a plain repeat 200.

@@ -4,24 +4,12 @@
 use std::path::Path;
 
 use assert_cmd::Command;
-use envbuild_cache::testing::{RawEntry, write_tar};
+use envbuild_cache::testing::{RawEntry, noise, write_tar};
 
 fn envbuild(store: &Path) -> Command {
     let mut cmd = Command::cargo_bin("envbuild").unwrap();
     cmd.env_remove("RUST_LOG").env("ENVBUILD_STORE", store);
     cmd
-}
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x.to_le_bytes()[1]
-        })
-        .collect()
 }
 
 fn sample_tar(seed: u64) -> Vec<u8> {

@@ -48,24 +48,11 @@ fn path(base: &str, rest: &str) -> ObjectPath {
     ObjectPath::new(format!("{base}/{rest}")).expect("conformance paths are valid")
 }
 
-/// Deterministic bytes that do not compress, so sizes on the wire are real.
-fn data(len: usize, seed: u64) -> Bytes {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x.to_le_bytes()[0]
-        })
-        .collect()
-}
-
 pub async fn round_trip(store: &dyn Store, base: &str) {
     let where_ = store.location();
     for (i, len) in [0usize, 1, 1000, 5 * 1024 * 1024 + 17].into_iter().enumerate() {
         let p = path(base, &format!("rt/{i}:obj=@+%.bin"));
-        let bytes = data(len, i as u64);
+        let bytes = noise_bytes(len, i as u64);
         let outcome = store.put(&p, bytes.clone(), PutMode::Create).await.expect("put");
         assert!(
             matches!(outcome, PutOutcome::Written { .. }),
@@ -118,7 +105,8 @@ pub async fn absence(store: &dyn Store, base: &str) {
 pub async fn metadata(store: &dyn Store, base: &str) {
     let where_ = store.location();
     let p = path(base, "meta");
-    let PutOutcome::Written { etag } = store.put(&p, data(1234, 9), PutMode::Create).await.expect("put")
+    let PutOutcome::Written { etag } =
+        store.put(&p, noise_bytes(1234, 9), PutMode::Create).await.expect("put")
     else {
         panic!("{where_}: first create must write");
     };
@@ -127,7 +115,7 @@ pub async fn metadata(store: &dyn Store, base: &str) {
     assert_eq!(meta.path, p);
     assert_eq!(meta.etag, etag, "{where_}: head's ETag differs from the one put returned");
     assert_eq!(store.get(&p, u64::MAX).await.expect("get").etag, etag, "{where_}: get's ETag differs");
-    store.put(&p, data(1234, 10), PutMode::Overwrite).await.expect("overwrite");
+    store.put(&p, noise_bytes(1234, 10), PutMode::Overwrite).await.expect("overwrite");
     let after = store.head(&p).await.expect("head").expect("present");
     assert_ne!(after.etag, etag, "{where_}: new content kept the old ETag");
 }
@@ -159,7 +147,7 @@ pub async fn listing(store: &dyn Store, base: &str) {
 pub async fn bounded_get(store: &dyn Store, base: &str) {
     let where_ = store.location();
     let p = path(base, "bounded");
-    store.put(&p, data(100, 3), PutMode::Create).await.expect("put");
+    store.put(&p, noise_bytes(100, 3), PutMode::Create).await.expect("put");
     match store.get(&p, 99).await {
         Err(StoreError::TooLarge { size: 100, limit: 99, .. }) => {}
         other => panic!("{where_}: an object over the limit must be refused as TooLarge, got {other:?}"),
@@ -207,7 +195,7 @@ pub async fn concurrent_create(store: Arc<dyn Store>, base: &str) {
                 let store = store.clone();
                 let p = p.clone();
                 tokio::spawn(async move {
-                    let bytes = data(4096, i + 1);
+                    let bytes = noise_bytes(4096, i + 1);
                     (store.put(&p, bytes.clone(), PutMode::Create).await, bytes)
                 })
             })
@@ -231,4 +219,8 @@ async fn cleanup(store: &dyn Store, base: &str) {
     for meta in store.list(&format!("{base}/")).await.unwrap_or_default() {
         let _ = store.delete(&meta.path).await;
     }
+}
+
+fn noise_bytes(len: usize, seed: u64) -> Bytes {
+    Bytes::from(crate::testing::noise(len, seed))
 }

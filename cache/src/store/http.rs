@@ -18,7 +18,6 @@
 //! and the body itself as it streams in. 5xx, 429 and network failures are retryable; the
 //! [`super::retry`] decorator that [`super::open`] adds does the retrying.
 
-use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -254,14 +253,11 @@ impl Store for HttpStore {
         };
         let response = self.send("write", path.as_str(), request).await?;
         match response.status() {
-            StatusCode::CREATED => {
+            // 200: a content-addressed object that was already there (never for a create-only
+            // write, which gets 412).
+            StatusCode::CREATED | StatusCode::OK => {
                 Ok(PutOutcome::Written { etag: etag_of(response.headers()).unwrap_or_default() })
             }
-            // A content-addressed object that was already there.
-            StatusCode::OK if mode != PutMode::Create => {
-                Ok(PutOutcome::Written { etag: etag_of(response.headers()).unwrap_or_default() })
-            }
-            StatusCode::OK => Ok(PutOutcome::AlreadyExists),
             StatusCode::PRECONDITION_FAILED => match mode {
                 PutMode::Create => Ok(PutOutcome::AlreadyExists),
                 _ => Err(StoreError::Conflict { store: self.location(), path: path.to_string() }),
@@ -319,8 +315,14 @@ impl Store for HttpStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
-        let url = format!("{}/v1/objects?prefix={}", self.base, query_encode(prefix));
-        let response = self.send("list", prefix, self.request(reqwest::Method::GET, &url)).await?;
+        let mut url =
+            reqwest::Url::parse(&format!("{}/v1/objects", self.base)).map_err(|e| StoreError::Unusable {
+                store: self.location(),
+                message: format!("cannot form the listing URL: {e}"),
+                hint: None,
+            })?;
+        url.query_pairs_mut().append_pair("prefix", prefix);
+        let response = self.send("list", prefix, self.request(reqwest::Method::GET, url.as_str())).await?;
         if response.status() != StatusCode::OK {
             return Err(self.status_error("list", prefix, response).await);
         }
@@ -367,19 +369,6 @@ impl Store for HttpStore {
     }
 }
 
-/// Percent-encodes everything but unreserved characters, for a query parameter.
-fn query_encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for byte in value.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~' | b'/') {
-            out.push(char::from(byte));
-        } else {
-            let _ = write!(out, "%{byte:02X}");
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -392,7 +381,6 @@ mod tests {
             store.object_url(&path),
             "http://127.0.0.1:8080/v1/objects/v1/conformance/x/rt/0:obj=@+%25.bin"
         );
-        assert_eq!(query_encode("v1/a b%+"), "v1/a%20b%25%2B");
         for bad in ["ftp://x", "http://", "http://u:p@host", "http://host/?q=1", "not a url"] {
             assert!(HttpStore::new(bad, &HttpOptions::default()).is_err(), "{bad}");
         }

@@ -179,6 +179,7 @@ impl LocalStore {
     }
 
     fn list_blocking(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        crate::layout::check_prefix(prefix)?;
         // Walk the deepest directory the prefix names in full, then filter by the prefix.
         let dir_part = prefix.rfind('/').map_or("", |i| &prefix[..i]);
         let start = self.root.join(dir_part);

@@ -285,18 +285,16 @@ impl<R: Read> TarReader<R> {
 
     /// Skips the rest of the current entry's data and its padding.
     fn skip_rest(&mut self) -> Result<(), TarError> {
-        while self.remaining > 0 {
-            let want = usize::try_from(self.remaining).unwrap_or(usize::MAX).min(self.scratch.len());
-            let n = self.inner.read(&mut self.scratch[..want])?;
-            if n == 0 {
-                return Err(TarError::Truncated {
-                    offset: self.pos,
-                    context: format!("the data of `{}`", String::from_utf8_lossy(&self.current)),
-                });
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let skipped = loop {
+            match self.read_data(&mut scratch) {
+                Ok(0) => break Ok(()),
+                Ok(_) => {}
+                Err(e) => break Err(e),
             }
-            self.pos += n as u64;
-            self.remaining -= n as u64;
-        }
+        };
+        self.scratch = scratch;
+        skipped?;
         while self.padding > 0 {
             let want = usize::try_from(self.padding).unwrap_or(BLOCK).min(BLOCK);
             let n = self.inner.read(&mut self.scratch[..want])?;

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use envbuild_cache::extract::{ExtractOptions, ExtractReport};
 use envbuild_cache::ingest::{self, IngestOptions, IngestReport, Progress};
 use envbuild_cache::store::local::LocalStore;
+pub use envbuild_cache::testing::noise;
 use envbuild_cache::{Result, SnapshotId, Store, restore};
 
 pub fn local_store(dir: &Path) -> Arc<dyn Store> {
@@ -67,19 +68,6 @@ pub async fn fetch_bytes(store: &Arc<dyn Store>, id: &SnapshotId) -> Result<Vec<
     let out = SharedVec::default();
     restore::write_tar(store.clone(), &manifest, out.clone(), 4, Arc::new(Progress::default())).await?;
     Ok(std::mem::take(&mut *out.0.lock().unwrap()))
-}
-
-/// Deterministic bytes that do not compress.
-pub fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x.to_le_bytes()[2]
-        })
-        .collect()
 }
 
 pub fn is_root() -> bool {

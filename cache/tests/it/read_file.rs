@@ -13,7 +13,8 @@ async fn files_are_read_from_their_chunks() {
     let store = local_store(dir.path());
     let long_name = format!("opt/{}/config.toml", "deep".repeat(40));
     let passwd = b"root:x:0:0:root:/root:/bin/sh\nagent:x:1000:1000::/home/agent:/bin/sh\n".to_vec();
-    let straddling = noise(300 * 1024, 9);
+    // Longer than the largest chunk (4 MiB), so it crosses a boundary whatever the bytes.
+    let straddling = noise(5 * 1024 * 1024, 9);
     let tar = write_tar(&[
         RawEntry::file("a/big1.bin", &noise(3 * 1024 * 1024, 1)),
         RawEntry::dir("etc"),
@@ -39,7 +40,7 @@ async fn files_are_read_from_their_chunks() {
         let e = manifest.toc.iter().find(|e| e.path == path).unwrap();
         boundaries.iter().any(|&b| b > e.offset && b < e.offset + 512 + e.size)
     };
-    assert!(straddles("m/straddling.bin"), "the sample should put a file across a chunk boundary");
+    assert!(straddles("m/straddling.bin"), "a file longer than the largest chunk crosses a boundary");
 
     let read = |path: &str, max: u64| {
         let (store, manifest) = (store.clone(), manifest.clone());
@@ -49,7 +50,7 @@ async fn files_are_read_from_their_chunks() {
     assert_eq!(read("etc/passwd", 1 << 20).await.as_deref(), Some(&passwd[..]));
     assert_eq!(read("etc/group", 1 << 20).await.as_deref(), Some(&b"root:x:0:\nagent:x:1000:\n"[..]));
     assert_eq!(read(&long_name, 1 << 20).await.as_deref(), Some(&b"answer = 42\n"[..]));
-    assert_eq!(read("m/straddling.bin", 1 << 20).await.as_deref(), Some(&straddling[..]));
+    assert_eq!(read("m/straddling.bin", 8 << 20).await.as_deref(), Some(&straddling[..]));
     assert_eq!(read("etc/mtab", 1 << 20).await, None, "a symlink is not read");
     assert_eq!(read("etc/shadow", 1 << 20).await, None);
     assert_eq!(read("m/straddling.bin", 1024).await, None, "over the limit");
