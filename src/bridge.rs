@@ -1,5 +1,5 @@
 //! Plumbing between the engine's async byte streams and the store's blocking readers: the
-//! builder and the cache never meet, so the binary connects an export stream to an ingest,
+//! builder and the cache never meet, so the workflows connect an export stream to an ingest,
 //! and a snapshot's chunk stream to an image import.
 
 use std::io::Read;
@@ -33,7 +33,7 @@ pub fn snapshot_stream(store: Arc<dyn Store>, manifest: &Manifest, concurrency: 
         envbuild_cache::restore::chunk_stream(store, manifest.chunks.clone(), concurrency).map(|item| {
             item.map_err(|e| EngineError::Failed {
                 operation: "read the snapshot".into(),
-                detail: e.to_string(),
+                source: Box::new(e),
             })
         });
     Box::pin(stream)

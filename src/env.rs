@@ -1,4 +1,7 @@
-//! Every environment variable envbuild reads, in one place.
+//! Every environment variable envbuild reads, in one place, and the defaults that depend on
+//! the environment (where caches and keys live).
+
+use std::path::PathBuf;
 
 /// Repository root for commands that work on a repository (`--repo`).
 pub const REPO: &str = "ENVBUILD_REPO";
@@ -19,8 +22,28 @@ pub const MASTER_KEY: &str = "ENVBUILD_MASTER_KEY";
 pub const KMS_KEY_ID: &str = "ENVBUILD_KMS_KEY_ID";
 
 /// The bearer token for an `http(s)://` store (`envbuild serve`).
-#[cfg_attr(not(feature = "http"), allow(dead_code))]
 pub const TOKEN: &str = "ENVBUILD_TOKEN";
 
 /// The tokens file of `envbuild serve` and `envbuild token new` (`--tokens`).
 pub const TOKENS: &str = "ENVBUILD_TOKENS";
+
+/// An absolute directory from `var`, else `$HOME/<fallback>`, else the temporary directory.
+fn base_dir(var: &str, fallback: &str) -> PathBuf {
+    std::env::var_os(var)
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(fallback)))
+        .unwrap_or_else(std::env::temp_dir)
+}
+
+/// `$XDG_CACHE_HOME`, else `~/.cache`.
+pub fn cache_home() -> PathBuf {
+    base_dir("XDG_CACHE_HOME", ".cache")
+}
+
+/// The local master key file: `$ENVBUILD_MASTER_KEY`, else `~/.config/envbuild/master.key`.
+pub fn master_key_path() -> PathBuf {
+    std::env::var_os(MASTER_KEY)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| base_dir("XDG_CONFIG_HOME", ".config").join("envbuild").join("master.key"))
+}

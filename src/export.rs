@@ -1,28 +1,75 @@
-//! Snapshots in the formats other tools take: an OCI image layout (`fetch --oci`) and an ext4
-//! disk image (`fetch --ext4`). Both are written beside their destination and renamed into
-//! place when complete, so a failure leaves nothing there.
+//! Snapshots in the formats other tools take: a Docker image (`fetch --docker`), the tar
+//! stream in a file (`fetch --tar`), an OCI image layout (`fetch --oci`) and an ext4 disk image
+//! (`fetch --ext4`). Files and directories are written beside their destination and renamed
+//! into place when complete, so a failure leaves nothing there.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
-use envbuild_builder::oci;
+use envbuild_builder::{oci, pipeline};
 use envbuild_cache::extract::ExtractOptions;
 use envbuild_cache::ingest::Progress;
 use envbuild_cache::manifest::Manifest;
-use envbuild_cache::{Store, restore};
+use envbuild_cache::{SnapshotId, Store, restore};
 
-use crate::bridge;
+use crate::error::{Error, Result, ResultExt};
+use crate::session::Session;
+use crate::{bridge, build};
+
+/// The directory `target` goes into.
+fn parent_of(target: &Path) -> &Path {
+    target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
+}
 
 /// A private directory beside `target`, for building it.
-fn staging_beside(target: &Path) -> anyhow::Result<tempfile::TempDir> {
-    let parent = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).with_context(|| format!("cannot create `{}`", parent.display()))?;
+fn staging_beside(target: &Path) -> Result<tempfile::TempDir> {
+    let parent = parent_of(target);
+    std::fs::create_dir_all(parent).map_err(Error::io(format!("cannot create `{}`", parent.display())))?;
     tempfile::Builder::new()
         .prefix(".envbuild-export-")
         .tempdir_in(parent)
-        .with_context(|| format!("cannot create a directory in `{}`", parent.display()))
+        .map_err(Error::io(format!("cannot create a directory in `{}`", parent.display())))
+}
+
+/// Loads snapshot `id` into the Docker engine as the image `repo_tag`, with its OCI
+/// configuration restored; returns the image id.
+pub async fn to_docker(
+    session: &Session,
+    id: &SnapshotId,
+    manifest: &Manifest,
+    repo_tag: &str,
+) -> Result<String> {
+    let engine = session.engine.get().await?;
+    let config = build::image_config(manifest)?;
+    let labels = BTreeMap::from([(pipeline::SNAPSHOT_LABEL.to_owned(), id.to_string())]);
+    let rootfs = bridge::snapshot_stream(session.store.clone(), manifest, session.jobs);
+    engine
+        .import(rootfs, repo_tag, &config, &labels)
+        .await
+        .with_context(|| format!("cannot load snapshot {id} into the Docker engine as `{repo_tag}`"))
+}
+
+/// Writes the snapshot's tar stream to the file `path`, through a temporary file beside it.
+pub async fn tar_file(
+    store: Arc<dyn Store>,
+    manifest: &Manifest,
+    path: &Path,
+    jobs: usize,
+    counters: Arc<Progress>,
+) -> Result<()> {
+    let dir = parent_of(path);
+    let partial = tempfile::Builder::new()
+        .prefix(".envbuild-fetch-")
+        .tempfile_in(dir)
+        .map_err(Error::io(format!("cannot create a file in `{}`", dir.display())))?;
+    let file = partial.reopen().map_err(Error::io("cannot open the temporary file"))?;
+    restore::write_tar(store, manifest, file, jobs, counters).await?;
+    partial
+        .persist(path)
+        .map_err(|e| Error::io(format!("cannot move the tar into `{}`", path.display()))(e.error))?;
+    Ok(())
 }
 
 /// Writes the snapshot as an OCI image layout at `dir` (which must not exist).
@@ -32,19 +79,23 @@ pub async fn oci_layout(
     dir: &Path,
     reference: &str,
     jobs: usize,
-) -> anyhow::Result<oci::Layout> {
+) -> Result<oci::Layout> {
     if dir.exists() {
-        bail!("`{}` exists already; the OCI layout goes into a new directory", dir.display());
+        return Err(Error::Failed(format!(
+            "`{}` exists already; the OCI layout goes into a new directory",
+            dir.display()
+        )));
     }
     let staging = staging_beside(dir)?;
-    let config = manifest.image_config.as_ref().map(oci::from_json).unwrap_or_default();
+    let config = build::image_config(manifest)?;
     let mut reader = bridge::stream_reader(bridge::snapshot_stream(store, manifest, jobs));
     let (root, reference) = (staging.path().to_path_buf(), reference.to_owned());
     let layout =
         tokio::task::spawn_blocking(move || oci::write_layout(&root, &mut reader, &config, &reference))
-            .await??;
+            .await
+            .map_err(|e| Error::Failed(format!("writing the OCI layout stopped: {e}")))??;
     std::fs::rename(staging.keep(), dir)
-        .with_context(|| format!("cannot move the layout into `{}`", dir.display()))?;
+        .map_err(Error::io(format!("cannot move the layout into `{}`", dir.display())))?;
     Ok(layout)
 }
 
@@ -78,11 +129,15 @@ pub async fn ext4(
     file: &Path,
     headroom: u32,
     jobs: usize,
-) -> anyhow::Result<u64> {
+) -> Result<u64> {
     let mkfs = ["mkfs.ext4", "/sbin/mkfs.ext4", "/usr/sbin/mkfs.ext4"]
         .into_iter()
         .find(|p| Command::new(p).arg("-V").output().is_ok())
-        .context("mkfs.ext4 is not installed\nhint: install e2fsprogs (`apt-get install e2fsprogs`)")?;
+        .ok_or_else(|| {
+            Error::Failed(
+                "mkfs.ext4 is not installed\nhint: install e2fsprogs (`apt-get install e2fsprogs`)".into(),
+            )
+        })?;
     let staging = staging_beside(file)?;
     let tree = staging.path().join("rootfs");
     restore::fetch_to_dir(
@@ -102,9 +157,9 @@ pub async fn ext4(
     let image: PathBuf = staging.path().join("disk.ext4");
     for attempt in 0..4 {
         size = size.div_ceil(1 << 20) << 20;
-        let f =
-            std::fs::File::create(&image).with_context(|| format!("cannot create `{}`", image.display()))?;
-        f.set_len(size).context("cannot size the disk image")?;
+        let f = std::fs::File::create(&image)
+            .map_err(Error::io(format!("cannot create `{}`", image.display())))?;
+        f.set_len(size).map_err(Error::io("cannot size the disk image"))?;
         drop(f);
         let inode_count = (inodes + inodes / 5 + 1024).to_string();
         let out = Command::new(mkfs)
@@ -112,19 +167,19 @@ pub async fn ext4(
             .arg(&tree)
             .arg(&image)
             .output()
-            .context("cannot run mkfs.ext4")?;
+            .map_err(Error::io("cannot run mkfs.ext4"))?;
         if out.status.success() {
             std::fs::rename(&image, file)
-                .with_context(|| format!("cannot move the disk image to `{}`", file.display()))?;
+                .map_err(Error::io(format!("cannot move the disk image to `{}`", file.display())))?;
             return Ok(size);
         }
         let stderr = String::from_utf8_lossy(&out.stderr);
         if attempt == 3
             || !(stderr.contains("space") || stderr.contains("allocate") || stderr.contains("full"))
         {
-            bail!("mkfs.ext4 failed: {}", stderr.trim());
+            return Err(Error::Failed(format!("mkfs.ext4 failed: {}", stderr.trim())));
         }
         size += size / 2;
     }
-    unreachable!("the loop returns or fails")
+    Err(Error::Failed("mkfs.ext4 found no size that fits".into()))
 }

@@ -1,49 +1,60 @@
-//! Which store a command uses, and opening it.
+//! Which store a workflow uses, and opening it.
 //!
-//! `--store LOCATION`, else `ENVBUILD_STORE`, else `~/.cache/envbuild` (under
-//! `$XDG_CACHE_HOME` when set). A location is a directory, `file://PATH`,
-//! `s3://BUCKET/PREFIX`, or `http(s)://HOST:PORT` (`envbuild serve`, with the token from
-//! `ENVBUILD_TOKEN`). Remote stores keep a local cache of chunks and manifests in
-//! `~/.cache/envbuild/remote-cache` (`ENVBUILD_CACHE_MAX`, default 10 GiB).
+//! A location is a directory, `file://PATH`, `s3://BUCKET/PREFIX`, or `http(s)://HOST:PORT`
+//! (`envbuild serve`, with a token). The default is `~/.cache/envbuild` (under
+//! `$XDG_CACHE_HOME` when set). Remote stores keep a local cache of chunks and manifests in
+//! `<default>/remote-cache`, bounded by [`StoreOptions::cache_max_bytes`].
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context;
 use envbuild_cache::Store;
 use envbuild_cache::store::open::{self, OpenOptions};
 
-use crate::cli::GlobalArgs;
-use crate::env;
+use crate::error::{Result, ResultExt};
+
+/// How to open a store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// The location; `None` for the default local store.
+    pub location: Option<String>,
+    /// Accept an S3 server that ignores `If-None-Match`.
+    pub allow_unconditional_writes: bool,
+    /// The bearer token of an `http(s)://` store.
+    pub token: Option<String>,
+    /// Largest size of the local cache of remote stores.
+    pub cache_max_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self { location: None, allow_unconditional_writes: false, token: None, cache_max_bytes: 10 << 30 }
+    }
+}
 
 /// The default local store.
 pub fn default_location() -> PathBuf {
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
-    cache.join("envbuild")
+    crate::env::cache_home().join("envbuild")
 }
 
-fn options(global: &GlobalArgs) -> anyhow::Result<OpenOptions> {
-    let mut options = OpenOptions {
+/// Opens the store `options` names.
+pub async fn open(options: &StoreOptions) -> Result<Arc<dyn Store>> {
+    let location = options.location.clone().unwrap_or_else(|| default_location().display().to_string());
+    #[cfg_attr(not(feature = "http"), allow(unused_mut))]
+    let mut open_options = OpenOptions {
         cache_dir: Some(default_location().join("remote-cache")),
-        allow_unconditional_writes: global.allow_unconditional_writes,
+        cache_max_bytes: options.cache_max_bytes,
+        allow_unconditional_writes: options.allow_unconditional_writes,
         ..OpenOptions::default()
     };
     #[cfg(feature = "http")]
     {
-        options.http.token = std::env::var(env::TOKEN).ok().filter(|t| !t.trim().is_empty());
+        open_options.http.token = options.token.clone().filter(|t| !t.trim().is_empty());
     }
-    if let Ok(max) = std::env::var(env::CACHE_MAX) {
-        options.cache_max_bytes =
-            parse_size(&max).with_context(|| format!("{} is not a size: `{max}`", env::CACHE_MAX))?;
-    }
-    Ok(options)
+    open::open(&location, &open_options).await.with_context(|| format!("cannot open the store `{location}`"))
 }
 
-/// `10G`, `512M`, `4096`.
+/// `10G`, `512M`, `4096`, `512 MiB`.
 pub fn parse_size(text: &str) -> Option<u64> {
     let text = text.trim();
     let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
@@ -57,19 +68,6 @@ pub fn parse_size(text: &str) -> Option<u64> {
         _ => return None,
     };
     n.checked_mul(factor)
-}
-
-/// Opens the store the command line names.
-pub async fn open(global: &GlobalArgs) -> anyhow::Result<Arc<dyn Store>> {
-    open_at(global.store.as_deref(), global).await
-}
-
-/// Opens the store at `location`, or the default one.
-pub async fn open_at(location: Option<&str>, global: &GlobalArgs) -> anyhow::Result<Arc<dyn Store>> {
-    let location = location.map_or_else(|| default_location().display().to_string(), str::to_owned);
-    open::open(&location, &options(global)?)
-        .await
-        .with_context(|| format!("cannot open the store `{location}`"))
 }
 
 #[cfg(test)]

@@ -186,7 +186,7 @@ pub async fn exec_to_end(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Err(BuildError::Input("a command in the environment did not report its exit code".into()))
+    Err(BuildError::Unexpected("did not report the exit code of a command in the environment".into()))
 }
 
 /// How `start` ended, or did not.
@@ -275,7 +275,7 @@ pub async fn terminals(
     match (code, said.lines().last().map(str::trim)) {
         (0, Some("tmux")) => Ok(TerminalMode::Tmux),
         (0, Some("supervised")) => Ok(TerminalMode::Supervised { tmux_failed }),
-        _ => Err(BuildError::Input(format!(
+        _ => Err(BuildError::Boot(format!(
             "the terminals could not be started (exit code {code}): {}",
             said.trim()
         ))),

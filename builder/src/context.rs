@@ -32,7 +32,7 @@ pub struct BuildContext {
 pub fn collect(dir: &Path, dockerfile: &Path, config: &Path) -> Result<BuildContext> {
     let ignore_path = dir.join(".dockerignore");
     let ignore = match std::fs::read_to_string(&ignore_path) {
-        Ok(text) => DockerIgnore::parse(&text),
+        Ok(text) => DockerIgnore::parse(&text, &ignore_path.display().to_string())?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => DockerIgnore::default(),
         Err(e) => return Err(BuildError::io(format!("cannot read `{}`", ignore_path.display()))(e)),
     };
@@ -65,7 +65,7 @@ fn walk(root: &Path, rel: &str, ignore: &DockerIgnore, out: &mut Vec<tree::FileE
     names.sort();
     for name in names {
         let Some(name) = name.to_str().map(str::to_owned) else {
-            return Err(BuildError::Input(format!(
+            return Err(BuildError::Invalid(format!(
                 "`{}` in the build context has a name that is not UTF-8; rename it or exclude it in .dockerignore",
                 dir.join(&name).display()
             )));

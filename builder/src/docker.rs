@@ -23,7 +23,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
 use crate::engine::{
-    BuildEvent, BuildRequest, BuildStream, ByteStream, ContainerEngine, ContainerInfo, ContainerSpec,
+    BuildEvent, BuildRequest, BuildStream, ByteStream, Cause, ContainerEngine, ContainerInfo, ContainerSpec,
     EngineError, ExecSpec, ImageConfig, ImageInfo, Output, OutputStream,
 };
 
@@ -42,35 +42,41 @@ impl DockerEngine {
     /// with a hint.
     pub async fn connect() -> Result<Self, EngineError> {
         let endpoint = endpoint();
-        let unreachable = |detail: String| {
+        let unreachable = |source: Cause| {
             EngineError::Unreachable {
             endpoint: endpoint.clone(),
-            detail,
             hint: "start the engine (`dockerd`, or `bash scripts/test` here, which starts it), or point DOCKER_HOST at one"
                 .to_owned(),
+            source,
         }
         };
-        let docker = Docker::connect_with_defaults().map_err(|e| unreachable(e.to_string()))?;
+        let docker = Docker::connect_with_defaults().map_err(|e| unreachable(Box::new(e)))?;
         let docker = tokio::time::timeout(std::time::Duration::from_secs(10), docker.negotiate_version())
             .await
-            .map_err(|_| unreachable("no answer within 10 s".to_owned()))?
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|_| unreachable("no answer within 10 s".into()))?
+            .map_err(|e| unreachable(Box::new(e)))?;
         Ok(Self { docker, endpoint })
     }
 
     fn failed(operation: impl Into<String>) -> impl FnOnce(BollardError) -> EngineError {
         let operation = operation.into();
-        move |e| EngineError::Failed { operation, detail: describe(&e) }
+        move |e| failure(operation, e)
     }
 }
 
-/// The engine's message, without bollard's wrapping.
-fn describe(e: &BollardError) -> String {
+/// An engine error with bollard's as its source; an error answer keeps the engine's own
+/// message, without bollard's wrapping.
+fn failure(operation: impl Into<String>, e: BollardError) -> EngineError {
     match e {
-        BollardError::DockerResponseServerError { status_code, message } => {
-            format!("{message} (HTTP {status_code})")
+        BollardError::DockerResponseServerError { status_code, message } => EngineError::Rejected {
+            operation: operation.into(),
+            message: format!("{message} (HTTP {status_code})"),
+        },
+        // A failure the engine reported in a stream (a build step that failed).
+        BollardError::DockerStreamError { error } => {
+            EngineError::Rejected { operation: operation.into(), message: error }
         }
-        other => other.to_string(),
+        other => EngineError::Failed { operation: operation.into(), source: Box::new(other) },
     }
 }
 
@@ -92,7 +98,8 @@ fn labels_map(labels: &BTreeMap<String, String>) -> HashMap<String, String> {
 
 /// `docker import --change` instructions that restore `config`.
 fn changes(config: &ImageConfig, labels: &BTreeMap<String, String>) -> Vec<String> {
-    let json = |v: &[String]| serde_json::to_string(v).unwrap_or_default();
+    // A list of strings always serializes; `Value`'s Display cannot fail.
+    let json = |v: &[String]| serde_json::Value::from(v.to_vec()).to_string();
     let mut out = Vec::new();
     for env in &config.env {
         if let Some((name, value)) = env.split_once('=') {
@@ -161,6 +168,7 @@ impl ContainerEngine for DockerEngine {
             .nocache(request.no_cache)
             .networkmode(request.network.as_str())
             .labels(&labels_map(&request.labels))
+            .buildargs(&labels_map(&request.build_args))
             .version(BuilderVersion::BuilderV1)
             .build();
         let docker = self.docker.clone();
@@ -183,14 +191,14 @@ impl ContainerEngine for DockerEngine {
             .tag(tag)
             .changes(changes(config, labels))
             .build();
-        let body = bollard::body_try_stream(rootfs.map_err(|e| std::io::Error::other(e.to_string())));
+        let body = bollard::body_try_stream(rootfs.map_err(std::io::Error::other));
         let mut events = self.docker.create_image(Some(options), Some(body), None);
         while let Some(event) = events.next().await {
             let event = event.map_err(Self::failed(format!("import the image `{repo_tag}`")))?;
             if let Some(detail) = event.error_detail.and_then(|d| d.message) {
-                return Err(EngineError::Failed {
+                return Err(EngineError::Rejected {
                     operation: format!("import the image `{repo_tag}`"),
-                    detail,
+                    message: detail,
                 });
             }
         }
@@ -240,7 +248,7 @@ impl ContainerEngine for DockerEngine {
 
     async fn upload(&self, container: &str, path: &str, tar: ByteStream) -> Result<(), EngineError> {
         let options = UploadToContainerOptionsBuilder::default().path(path).build();
-        let body = bollard::body_try_stream(tar.map_err(|e| std::io::Error::other(e.to_string())));
+        let body = bollard::body_try_stream(tar.map_err(std::io::Error::other));
         self.docker
             .upload_to_container(container, Some(options), body)
             .await
@@ -270,10 +278,7 @@ impl ContainerEngine for DockerEngine {
         let stream = self.docker.logs(container, Some(options)).filter_map(|item| async move {
             match item {
                 Ok(out) => output(out).map(Ok),
-                Err(e) => Some(Err(EngineError::Failed {
-                    operation: "read the container's output".into(),
-                    detail: describe(&e),
-                })),
+                Err(e) => Some(Err(failure("read the container's output", e))),
             }
         });
         Ok(Box::pin(stream))
@@ -286,18 +291,15 @@ impl ContainerEngine for DockerEngine {
             // bollard reports a non-zero exit as an error carrying the code.
             Some(Err(BollardError::DockerContainerWaitError { code, .. })) => Ok(code),
             Some(Err(e)) => Err(Self::failed("wait for the container")(e)),
-            None => Err(EngineError::Failed {
+            None => Err(EngineError::Rejected {
                 operation: "wait for the container".into(),
-                detail: "no answer".into(),
+                message: "the engine ended the wait without an answer".into(),
             }),
         }
     }
 
     async fn export(&self, container: &str) -> Result<ByteStream, EngineError> {
-        let stream = self.docker.export_container(container).map_err(|e| EngineError::Failed {
-            operation: "export the container".into(),
-            detail: describe(&e),
-        });
+        let stream = self.docker.export_container(container).map_err(|e| failure("export the container", e));
         Ok(Box::pin(stream))
     }
 
@@ -357,18 +359,15 @@ impl ContainerEngine for DockerEngine {
         let started =
             self.docker.start_exec(&created.id, None).await.map_err(Self::failed("start an exec"))?;
         let bollard::exec::StartExecResults::Attached { output: stream, .. } = started else {
-            return Err(EngineError::Failed {
+            return Err(EngineError::Rejected {
                 operation: "start an exec".into(),
-                detail: "it did not attach".into(),
+                message: "it did not attach".into(),
             });
         };
         let stream = stream.filter_map(|item| async move {
             match item {
                 Ok(out) => output(out).map(Ok),
-                Err(e) => Some(Err(EngineError::Failed {
-                    operation: "read an exec's output".into(),
-                    detail: describe(&e),
-                })),
+                Err(e) => Some(Err(failure("read an exec's output", e))),
             }
         });
         Ok((created.id, Box::pin(stream)))
@@ -404,22 +403,22 @@ fn async_stream_build(
     context: ByteStream,
 ) -> BuildStream {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<BuildEvent, EngineError>>(64);
-    let body = bollard::body_try_stream(context.map_err(|e| std::io::Error::other(e.to_string())));
+    let body = bollard::body_try_stream(context.map_err(std::io::Error::other));
     tokio::spawn(async move {
         let mut events = docker.build_image(options, None, Some(body));
         while let Some(item) = events.next().await {
             let mapped: Vec<Result<BuildEvent, EngineError>> = match item {
-                Err(e) => vec![Err(EngineError::Failed {
-                    operation: "build the image".into(),
-                    detail: describe(&e),
-                })],
+                Err(e) => vec![Err(failure("build the image", e))],
                 Ok(info) => {
                     let mut out = Vec::new();
                     if let Some(line) = info.stream {
                         out.push(Ok(BuildEvent::Output(line)));
                     }
                     if let Some(detail) = info.error_detail.and_then(|d| d.message) {
-                        out.push(Err(EngineError::Failed { operation: "build the image".into(), detail }));
+                        out.push(Err(EngineError::Rejected {
+                            operation: "build the image".into(),
+                            message: detail,
+                        }));
                     }
                     if let Some(id) = info.aux.and_then(|a| a.id) {
                         out.push(Ok(BuildEvent::Built(id)));

@@ -8,26 +8,46 @@
 //! themselves, never the engine.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::Stream;
 use serde::{Deserialize, Serialize};
 
+use crate::error::{BuildError, Result};
+
 /// A stream of bytes from the engine.
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, EngineError>> + Send>>;
 /// Output lines of a build or a container, as they arrive.
 pub type OutputStream = Pin<Box<dyn Stream<Item = Result<Output, EngineError>> + Send>>;
 
-/// The engine failed, or cannot be reached.
+/// A cause kept as the source of an [`EngineError`].
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+/// The engine failed, or cannot be reached. The cause (the client's error) is the source.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum EngineError {
-    #[error("cannot reach the Docker engine at {endpoint}: {detail}\nhint: {hint}")]
-    Unreachable { endpoint: String, detail: String, hint: String },
-    #[error("the Docker engine could not {operation}: {detail}")]
-    Failed { operation: String, detail: String },
+    #[error("cannot reach the Docker engine at {endpoint}\nhint: {hint}")]
+    Unreachable {
+        endpoint: String,
+        hint: String,
+        #[source]
+        source: Cause,
+    },
+    /// The request failed on its way (transport, protocol, or an error answer).
+    #[error("the Docker engine could not {operation}")]
+    Failed {
+        operation: String,
+        #[source]
+        source: Cause,
+    },
+    /// The engine answered, and its answer is a failure it describes (a build step failed).
+    #[error("the Docker engine could not {operation}: {message}")]
+    Rejected { operation: String, message: String },
     #[error("{what} `{name}` does not exist in the Docker engine")]
     NotFound { what: &'static str, name: String },
 }
@@ -77,6 +97,8 @@ pub struct BuildRequest {
     /// `repo:tag` for the result.
     pub tag: String,
     pub labels: BTreeMap<String, String>,
+    /// `--build-arg NAME=VALUE`, passed to the Dockerfile's `ARG`s.
+    pub build_args: BTreeMap<String, String>,
     pub network: Network,
     pub no_cache: bool,
 }
@@ -215,3 +237,60 @@ pub enum BuildEvent {
 }
 
 pub type BuildStream = Pin<Box<dyn Stream<Item = Result<BuildEvent, EngineError>> + Send>>;
+
+/// A way to connect to the engine, run at most once.
+type Connect =
+    Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = Result<Arc<dyn ContainerEngine>>> + Send>> + Send>;
+
+/// Connects to the engine the first time it is needed, so work that may not need it (a cache
+/// hit) never waits for it or fails without it.
+pub struct LazyEngine {
+    engine: tokio::sync::OnceCell<Arc<dyn ContainerEngine>>,
+    connect: std::sync::Mutex<Option<Connect>>,
+}
+
+impl std::fmt::Debug for LazyEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LazyEngine").field("engine", &self.engine.get()).finish_non_exhaustive()
+    }
+}
+
+impl LazyEngine {
+    pub fn new<F, Fut>(connect: F) -> Self
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Arc<dyn ContainerEngine>>> + Send + 'static,
+    {
+        let connect: Connect = Box::new(move || Box::pin(connect()));
+        Self { engine: tokio::sync::OnceCell::new(), connect: std::sync::Mutex::new(Some(connect)) }
+    }
+
+    /// An engine that is already there (a test double, say).
+    pub fn ready(engine: Arc<dyn ContainerEngine>) -> Self {
+        Self { engine: tokio::sync::OnceCell::new_with(Some(engine)), connect: std::sync::Mutex::new(None) }
+    }
+
+    /// Whether anything has connected yet.
+    pub fn connected(&self) -> bool {
+        self.engine.initialized()
+    }
+
+    /// The engine, connecting now if this is the first call.
+    pub async fn get(&self) -> Result<Arc<dyn ContainerEngine>> {
+        let engine = self
+            .engine
+            .get_or_try_init(|| async {
+                let connect = self
+                    .connect
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .take()
+                    .ok_or_else(|| {
+                    BuildError::Unexpected("connection failed before; it is not tried twice".into())
+                })?;
+                connect().await
+            })
+            .await?;
+        Ok(engine.clone())
+    }
+}

@@ -11,13 +11,14 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::dockerignore::glob_matches;
+use crate::dockerignore::Globs;
 use crate::error::{BuildError, Result};
 use crate::tree::{self, FileEntry, FileSet, Kind};
 
 /// The inputs of `repo`, narrowed to paths matching any of `globs` when there are some.
 pub fn collect(repo: &Path, globs: &[String]) -> Result<FileSet> {
-    let wanted = |path: &str| globs.is_empty() || globs.iter().any(|g| glob_matches(g, path));
+    let globs = Globs::new(globs)?;
+    let wanted = |path: &str| globs.is_empty() || globs.matches(path);
     let entries = match git_files(repo)? {
         Some(files) => files,
         None => walk_all(repo)?,
@@ -34,12 +35,11 @@ fn git(repo: &Path, args: &[&str]) -> Result<Option<Vec<u8>>> {
             if stderr.contains("not a git repository") {
                 Ok(None)
             } else {
-                Err(BuildError::Input(format!(
-                    "`git {}` failed in `{}`: {}",
-                    args.join(" "),
-                    repo.display(),
-                    stderr.trim()
-                )))
+                Err(BuildError::Git {
+                    command: args.join(" "),
+                    repo: repo.to_path_buf(),
+                    stderr: stderr.trim().to_owned(),
+                })
             }
         }
         // No git at all: treat the directory as a plain tree.

@@ -15,8 +15,10 @@
 
 use std::collections::BTreeMap;
 
+use envbuild_schema::Digest;
 use serde::{Deserialize, Serialize};
-use sha2::Digest as _;
+
+use crate::error::{BuildError, Result};
 
 pub const SYSTEM_FORMAT: &str = "envbuild.system-key.v1";
 pub const ENV_FORMAT: &str = "envbuild.env-key.v1";
@@ -43,7 +45,8 @@ pub struct SystemInputs {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnvInputs {
     pub format: String,
-    pub system_key: String,
+    /// Filled in by [`KeyManifest::new`].
+    pub system_key: Digest,
     pub install: Option<String>,
     /// Repository path → fingerprint.
     pub inputs: BTreeMap<String, String>,
@@ -56,33 +59,37 @@ pub struct EnvInputs {
 /// Both keys and everything they are made of.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyManifest {
-    pub system_key: String,
-    pub env_key: String,
+    pub system_key: Digest,
+    pub env_key: Digest,
     pub system: SystemInputs,
     pub env: EnvInputs,
 }
 
-fn digest_of<T: Serialize>(value: &T) -> String {
-    // Plain structs and maps of strings: serializing cannot fail. Struct fields serialize in
-    // declaration order and `BTreeMap`s sorted, so the bytes are canonical.
-    let bytes = serde_json::to_vec(value).unwrap_or_default();
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes)))
+/// A placeholder for [`EnvInputs::system_key`] until [`KeyManifest::new`] fills it in.
+pub const UNSET: Digest = Digest::from_bytes([0; 32]);
+
+/// The sha256 of the canonical JSON of `value`. Struct fields serialize in declaration order
+/// and `BTreeMap`s sorted, so the bytes are canonical. Encoding plain structs cannot fail; if
+/// it ever did, the key is refused rather than computed over empty bytes.
+fn digest_of<T: Serialize>(key: &'static str, value: &T) -> Result<Digest> {
+    let bytes = serde_json::to_vec(value).map_err(|source| BuildError::KeyEncoding { key, source })?;
+    Ok(Digest::of(&bytes))
 }
 
 impl KeyManifest {
     /// Computes both keys from their inputs (`env.system_key` is filled in).
-    pub fn new(system: SystemInputs, mut env: EnvInputs) -> Self {
-        let system_key = digest_of(&system);
-        env.system_key.clone_from(&system_key);
-        let env_key = digest_of(&env);
-        Self { system_key, env_key, system, env }
+    pub fn new(system: SystemInputs, mut env: EnvInputs) -> Result<Self> {
+        let system_key = digest_of("system", &system)?;
+        env.system_key = system_key;
+        let env_key = digest_of("env", &env)?;
+        Ok(Self { system_key, env_key, system, env })
     }
 
     /// Checks that the keys are the ones the inputs give (a stored manifest could lie).
     pub fn is_consistent(&self) -> bool {
-        digest_of(&self.system) == self.system_key
+        digest_of("system", &self.system).is_ok_and(|k| k == self.system_key)
             && self.env.system_key == self.system_key
-            && digest_of(&self.env) == self.env_key
+            && digest_of("env", &self.env).is_ok_and(|k| k == self.env_key)
     }
 }
 
@@ -187,13 +194,14 @@ mod tests {
             },
             EnvInputs {
                 format: ENV_FORMAT.into(),
-                system_key: String::new(),
+                system_key: UNSET,
                 install: Some("npm ci".into()),
                 inputs: BTreeMap::from([("package.json".into(), "file 644 git:11".into())]),
                 env: BTreeMap::new(),
                 secrets: BTreeMap::new(),
             },
         )
+        .unwrap()
     }
 
     type Change<T> = Box<dyn Fn(&mut T)>;
@@ -221,7 +229,7 @@ mod tests {
         for change in system_changes {
             let mut system = base.system.clone();
             change(&mut system);
-            let changed = KeyManifest::new(system, base.env.clone());
+            let changed = KeyManifest::new(system, base.env.clone()).unwrap();
             assert_ne!(changed.system_key, base.system_key);
             assert_ne!(changed.env_key, base.env_key, "the env key includes the system key");
             assert_eq!(explain(&base, &changed).len(), 1);
@@ -241,7 +249,7 @@ mod tests {
         for change in env_changes {
             let mut env = base.env.clone();
             change(&mut env);
-            let changed = KeyManifest::new(base.system.clone(), env);
+            let changed = KeyManifest::new(base.system.clone(), env).unwrap();
             assert_eq!(changed.system_key, base.system_key, "env inputs never touch the system key");
             assert_ne!(changed.env_key, base.env_key);
             let diff = explain(&base, &changed);
@@ -255,7 +263,7 @@ mod tests {
     fn keys_are_stable() {
         let keys = sample();
         assert_eq!(
-            keys.system_key,
+            keys.system_key.to_string(),
             "sha256:c5d7aef7f5ebf202ed6263b103d494c8adf3d9db9fde687dd7886e436cf09765"
         );
     }

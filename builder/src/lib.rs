@@ -11,10 +11,9 @@
 //! - [`inputs`]: the repository's files as git tracks them.
 //! - [`tree`]: file sets, their fingerprints and deterministic tar streams.
 //! - [`passwd`]: who `user` is inside an image; [`oci`]: the image configuration a snapshot keeps.
-//! - [`pipeline`]: the build steps; [`cleanup`]: removing what they created, on every path.
+//! - [`plan`]: what a build reads and its keys, before any work; [`pipeline`]: the build
+//!   steps on the engine; [`cleanup`]: removing what they created, on every path.
 //! - [`boot`]: a booted environment: container, install, start, terminals, logs.
-//! - [`secrets`]: envelope encryption of secrets (local key or AWS KMS, feature `kms`);
-//!   [`redact`]: keeping their values out of every output.
 
 pub mod boot;
 pub mod cleanup;
@@ -29,8 +28,7 @@ pub mod keys;
 pub mod oci;
 pub mod passwd;
 pub mod pipeline;
-pub mod redact;
-pub mod secrets;
+pub mod plan;
 pub mod tree;
 
 pub use error::{BuildError, Result};

@@ -55,13 +55,23 @@ pub fn from_oci(config: &Config) -> ImageConfig {
 }
 
 /// The configuration as the JSON a manifest stores.
-pub fn to_json(config: &ImageConfig) -> serde_json::Value {
-    serde_json::to_value(to_oci(config)).unwrap_or(serde_json::Value::Null)
+pub fn to_json(config: &ImageConfig) -> Result<serde_json::Value> {
+    serde_json::to_value(to_oci(config))
+        .map_err(|e| BuildError::ImageConfig { what: "cannot be encoded".to_owned(), source: Box::new(e) })
 }
 
-/// The configuration from a manifest's JSON; unreadable JSON gives the empty configuration.
-pub fn from_json(value: &serde_json::Value) -> ImageConfig {
-    serde_json::from_value::<Config>(value.clone()).map(|c| from_oci(&c)).unwrap_or_default()
+/// The configuration from a manifest's JSON. JSON that is not an image configuration is an
+/// error naming the field (`Env[2]`, `ExposedPorts`), never an empty configuration: booting
+/// with the image's environment silently dropped would be worse than not booting.
+pub fn from_json(value: &serde_json::Value) -> Result<ImageConfig> {
+    let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+        let field = e.path().to_string();
+        BuildError::ImageConfig {
+            what: format!("is unreadable at `{field}`"),
+            source: Box::new(e.into_inner()),
+        }
+    })?;
+    Ok(from_oci(&config))
 }
 
 /// What was written.
@@ -72,8 +82,8 @@ pub struct Layout {
     pub layer_size: u64,
 }
 
-fn oci_error(e: impl std::fmt::Display) -> BuildError {
-    BuildError::Input(format!("cannot describe the OCI image: {e}"))
+fn oci_error(e: impl std::error::Error + Send + Sync + 'static) -> BuildError {
+    BuildError::ImageConfig { what: "cannot be described as an OCI image".to_owned(), source: Box::new(e) }
 }
 
 /// Writes `bytes` as a blob; returns its descriptor parts (hex digest, size).
@@ -183,9 +193,17 @@ mod tests {
             cmd: Some(vec!["sh".into()]),
             exposed_ports: vec!["8080/tcp".into()],
         };
-        let json = to_json(&config);
+        let json = to_json(&config).unwrap();
         assert_eq!(json["WorkingDir"], "/workspace");
         assert_eq!(json["ExposedPorts"]["8080/tcp"], serde_json::json!({}));
-        assert_eq!(from_json(&json), config);
+        assert_eq!(from_json(&json).unwrap(), config);
+    }
+
+    #[test]
+    fn bad_json_is_an_error_naming_the_field() {
+        let err = from_json(&serde_json::json!({"Env": ["A=1", 7]})).unwrap_err();
+        assert!(err.to_string().contains("`Env[1]`"), "{err}");
+        let err = from_json(&serde_json::json!({"WorkingDir": ["/x"]})).unwrap_err();
+        assert!(err.to_string().contains("`WorkingDir`"), "{err}");
     }
 }

@@ -60,7 +60,7 @@ pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<User> {
         // A numeric uid without an entry is allowed, with group 0, as docker does.
         (None, Ok(uid)) => (uid, 0, None),
         (None, Err(_)) => {
-            return Err(BuildError::Input(format!(
+            return Err(BuildError::User(format!(
                 "the user `{user_part}` does not exist in the image (no entry in /etc/passwd)\nhint: create it in the Dockerfile (`RUN useradd -m {user_part}`), or set `user` to a numeric uid"
             )));
         }
@@ -68,7 +68,7 @@ pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<User> {
     let gid = match group_part {
         None => primary_gid,
         Some(g) => group_id(group, g).ok_or_else(|| {
-            BuildError::Input(format!(
+            BuildError::User(format!(
                 "the group `{g}` of user `{spec}` does not exist in the image (no entry in /etc/group)"
             ))
         })?,

@@ -1,29 +1,22 @@
-//! The build, step by step (DESIGN §1): plan and keys, the system image, the install run, the
-//! export. The binary strings the steps together with the store in between (the builder never
-//! touches the store), which keeps a warm hit free of any engine work: [`plan`] needs the engine
-//! only to pin base images named by tag, and connects to it lazily.
+//! The build steps on the engine (DESIGN §1): the system image, the install run, and what
+//! surrounds them (importing a snapshot as an image, resolving the user). The library's build
+//! workflow strings them together with the store in between (the builder never touches the
+//! store); [`crate::plan`] comes first and decides whether any of this runs.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::future::Future;
-use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use envbuild_schema::Digest;
 use futures::StreamExt;
 
 use crate::cleanup::Cleanup;
-use crate::context::{self, BuildContext};
-use crate::dockerfile;
 use crate::engine::{
-    BuildEvent, BuildRequest, ByteStream, ContainerEngine, ContainerSpec, ImageConfig, Network, Output,
+    BuildEvent, BuildRequest, ByteStream, ContainerEngine, ContainerSpec, ImageConfig, Output,
 };
 use crate::error::{BuildError, Result};
-use crate::inputs;
-use crate::keys::{self, EnvInputs, KeyManifest, SystemInputs};
 use crate::passwd::{self, User};
-use crate::tree::FileSet;
-use envbuild_schema::{EnvironmentSpec, LoadedConfig};
+use crate::plan::{Plan, SystemSource};
 
 /// Label carrying the system key on system images.
 pub const SYSTEM_KEY_LABEL: &str = "envbuild.system-key";
@@ -39,197 +32,14 @@ pub trait OutputSink: Send {
     fn output(&mut self, chunk: &[u8]);
 }
 
-/// What the system layer is built from.
-#[derive(Debug, Clone)]
-pub enum SystemSource {
-    Dockerfile {
-        context: BuildContext,
-        dockerfile_text: String,
-    },
-    /// A stored snapshot (`snapshot` in the config), by id.
-    Snapshot {
-        id: String,
-    },
-}
-
-/// Everything known before any build work: inputs, keys, what to run.
-#[derive(Debug, Clone)]
-pub struct Plan {
-    pub repo: PathBuf,
-    pub spec: EnvironmentSpec,
-    pub source: SystemSource,
-    pub inputs: FileSet,
-    pub keys: KeyManifest,
-    /// Environment install sees: the non-secret variables, then the install secrets.
-    pub env: BTreeMap<String, String>,
-    pub network: Network,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct PlanOptions {
-    /// Narrow the install inputs to these globs.
-    pub input_globs: Vec<String>,
-    pub env: BTreeMap<String, String>,
-    pub build_args: BTreeMap<String, String>,
-    /// Secret name → version, for secrets install sees.
-    pub secret_versions: BTreeMap<String, String>,
-    /// The id the config's `snapshot` resolved to, when the base is a snapshot.
-    pub base_snapshot: Option<String>,
-    pub network: Network,
-}
-
-/// A way to connect to the engine, run at most once.
-type Connect =
-    Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = Result<Arc<dyn ContainerEngine>>> + Send>> + Send>;
-
-/// Connects to the engine the first time it is needed.
-pub struct LazyEngine {
-    engine: Option<Arc<dyn ContainerEngine>>,
-    connect: Option<Connect>,
-}
-
-impl std::fmt::Debug for LazyEngine {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LazyEngine")
-            .field("engine", &self.engine)
-            .field("connect", &self.connect.as_ref().map(|_| "pending"))
-            .finish()
-    }
-}
-
-impl LazyEngine {
-    pub fn new<F, Fut>(connect: F) -> Self
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Arc<dyn ContainerEngine>>> + Send + 'static,
-    {
-        Self { engine: None, connect: Some(Box::new(move || Box::pin(connect()))) }
-    }
-
-    pub fn ready(engine: Arc<dyn ContainerEngine>) -> Self {
-        Self { engine: Some(engine), connect: None }
-    }
-
-    /// Whether anything has connected yet.
-    pub fn connected(&self) -> bool {
-        self.engine.is_some()
-    }
-
-    pub async fn get(&mut self) -> Result<Arc<dyn ContainerEngine>> {
-        if let Some(engine) = &self.engine {
-            return Ok(engine.clone());
-        }
-        let connect = self
-            .connect
-            .take()
-            .ok_or_else(|| BuildError::Input("the engine connection failed before".into()))?;
-        let engine = connect().await?;
-        self.engine = Some(engine.clone());
-        Ok(engine)
-    }
-}
-
-/// Reads the inputs and computes both keys. The engine is used only to pin bases named by tag.
-pub async fn plan(loaded: &LoadedConfig, options: PlanOptions, engine: &mut LazyEngine) -> Result<Plan> {
-    let spec = loaded
-        .valid_spec()
-        .cloned()
-        .ok_or_else(|| BuildError::Input(format!("`{}` is not valid", loaded.file.display())))?;
-    let paths = loaded
-        .paths
-        .clone()
-        .ok_or_else(|| BuildError::Input(format!("`{}` cannot be read", loaded.file.display())))?;
-    let platform = keys::host_platform();
-    let (source, system) = if spec.build.is_some() {
-        let (Some(dockerfile), Some(context_dir)) = (&paths.dockerfile, &paths.context) else {
-            return Err(BuildError::Input("the Dockerfile or the build context is missing".into()));
-        };
-        let dockerfile_text = std::fs::read_to_string(dockerfile)
-            .map_err(BuildError::io(format!("cannot read the Dockerfile `{}`", dockerfile.display())))?;
-        let (dockerfile_path, context_dir, config) =
-            (dockerfile.clone(), context_dir.clone(), paths.config_file.clone());
-        let context =
-            tokio::task::spawn_blocking(move || context::collect(&context_dir, &dockerfile_path, &config))
-                .await
-                .map_err(|e| BuildError::Input(format!("reading the build context failed: {e}")))??;
-        let mut bases = BTreeMap::new();
-        for base in dockerfile::base_images(&dockerfile_text, &options.build_args) {
-            let id = if let Some(digest) = base.pinned_digest() {
-                digest.to_owned()
-            } else {
-                let engine = engine.get().await?;
-                engine.image(&base.0).await?.map(|image| image.id).ok_or_else(|| BuildError::MissingBase {
-                    reference: base.0.clone(),
-                    hint: format!(
-                        "no registry may be reachable: load it (`docker pull {0}` or `docker load`), or pin it by digest (`{0}@sha256:...`)",
-                        base.0
-                    ),
-                })?
-            };
-            bases.insert(base.0, id);
-        }
-        let system = SystemInputs {
-            format: keys::SYSTEM_FORMAT.into(),
-            dockerfile: Some(crate::tree::hash_text(&dockerfile_text)),
-            context: context.files.fingerprints(),
-            bases,
-            base_snapshot: None,
-            build_args: options.build_args.clone(),
-            platform,
-            user: spec.user.clone(),
-        };
-        (SystemSource::Dockerfile { context, dockerfile_text }, system)
-    } else {
-        let id = options.base_snapshot.clone().ok_or_else(|| {
-            BuildError::Input("the config names a base snapshot, but it was not resolved".into())
-        })?;
-        let system = SystemInputs {
-            format: keys::SYSTEM_FORMAT.into(),
-            dockerfile: None,
-            context: BTreeMap::new(),
-            bases: BTreeMap::new(),
-            base_snapshot: Some(id.clone()),
-            build_args: BTreeMap::new(),
-            platform,
-            user: spec.user.clone(),
-        };
-        (SystemSource::Snapshot { id }, system)
-    };
-    let repo = paths.repo_root.clone();
-    let globs = options.input_globs.clone();
-    let inputs = {
-        let repo = repo.clone();
-        tokio::task::spawn_blocking(move || inputs::collect(&repo, &globs))
-            .await
-            .map_err(|e| BuildError::Input(format!("reading the repository failed: {e}")))??
-    };
-    let env_inputs = EnvInputs {
-        format: keys::ENV_FORMAT.into(),
-        system_key: String::new(),
-        install: spec.install.clone(),
-        inputs: inputs.fingerprints(),
-        env: options.env.clone(),
-        secrets: options.secret_versions.clone(),
-    };
-    Ok(Plan {
-        repo,
-        spec,
-        source,
-        inputs,
-        keys: KeyManifest::new(system, env_inputs),
-        env: options.env,
-        network: options.network,
-    })
-}
-
 /// The tag of the cached system image for `system_key`.
-pub fn system_tag(system_key: &str) -> String {
-    format!("envbuild-system:{}", system_key.trim_start_matches("sha256:"))
+pub fn system_tag(system_key: &Digest) -> String {
+    format!("envbuild-system:{}", system_key.hex())
 }
 
 /// The tag of the image imported from snapshot `id`.
-pub fn snapshot_tag(id: &str) -> String {
-    format!("envbuild-snapshot:{}", id.trim_start_matches("sha256:"))
+pub fn snapshot_tag(id: &Digest) -> String {
+    format!("envbuild-snapshot:{}", id.hex())
 }
 
 /// The system image, built or found.
@@ -280,12 +90,13 @@ pub async fn ensure_system_image(
 ) -> Result<SystemImage> {
     let started = Instant::now();
     let SystemSource::Dockerfile { context, .. } = &plan.source else {
-        return Err(BuildError::Input("this environment starts from a snapshot, not a Dockerfile".into()));
+        return Err(BuildError::Invalid("this environment starts from a snapshot, not a Dockerfile".into()));
     };
     let tag = system_tag(&plan.keys.system_key);
+    let key_label = plan.keys.system_key.to_string();
     if !no_cache
         && let Some(image) = engine.image(&tag).await?
-        && image.labels.get(SYSTEM_KEY_LABEL) == Some(&plan.keys.system_key)
+        && image.labels.get(SYSTEM_KEY_LABEL) == Some(&key_label)
     {
         return Ok(SystemImage {
             id: image.id,
@@ -298,7 +109,8 @@ pub async fn ensure_system_image(
         context: context.files.clone().tar_stream(String::new(), (0, 0)),
         dockerfile: context.dockerfile.clone(),
         tag: tag.clone(),
-        labels: BTreeMap::from([(SYSTEM_KEY_LABEL.to_owned(), plan.keys.system_key.clone())]),
+        labels: BTreeMap::from([(SYSTEM_KEY_LABEL.to_owned(), key_label)]),
+        build_args: plan.build_args.clone(),
         network: plan.network,
         no_cache,
     };
@@ -332,7 +144,9 @@ pub async fn ensure_system_image(
                 for layer in &new_layers {
                     cleanup.image(layer);
                 }
-                return Err(BuildError::BuildFailed { detail: format!("{e}\n{}", tail.text()) });
+                return Err(BuildError::BuildFailed {
+                    detail: format!("{}\n{}", crate::error::chain(&e), tail.text()),
+                });
             }
         }
     }
@@ -342,7 +156,7 @@ pub async fn ensure_system_image(
     let image = engine
         .image(&id)
         .await?
-        .ok_or_else(|| BuildError::BuildFailed { detail: format!("the built image {id} vanished") })?;
+        .ok_or_else(|| BuildError::Unexpected(format!("lost the image {id} it had just built")))?;
     Ok(SystemImage { id: image.id, config: image.config, reused: false, duration: started.elapsed() })
 }
 
@@ -350,14 +164,15 @@ pub async fn ensure_system_image(
 /// imported before.
 pub async fn import_snapshot_image(
     engine: &Arc<dyn ContainerEngine>,
-    snapshot: &str,
+    snapshot: &Digest,
     config: &ImageConfig,
     rootfs: impl FnOnce() -> ByteStream,
 ) -> Result<SystemImage> {
     let started = Instant::now();
     let tag = snapshot_tag(snapshot);
+    let label = snapshot.to_string();
     if let Some(image) = engine.image(&tag).await?
-        && image.labels.get(SNAPSHOT_LABEL).map(String::as_str) == Some(snapshot)
+        && image.labels.get(SNAPSHOT_LABEL) == Some(&label)
     {
         return Ok(SystemImage {
             id: image.id,
@@ -366,12 +181,12 @@ pub async fn import_snapshot_image(
             duration: started.elapsed(),
         });
     }
-    let labels = BTreeMap::from([(SNAPSHOT_LABEL.to_owned(), snapshot.to_owned())]);
+    let labels = BTreeMap::from([(SNAPSHOT_LABEL.to_owned(), label)]);
     let id = engine.import(rootfs(), &tag, config, &labels).await?;
     let image = engine
         .image(&id)
         .await?
-        .ok_or_else(|| BuildError::Input(format!("the imported image {id} vanished")))?;
+        .ok_or_else(|| BuildError::Unexpected(format!("lost the image {id} it had just imported")))?;
     Ok(SystemImage { id: image.id, config: image.config, reused: false, duration: started.elapsed() })
 }
 
@@ -447,7 +262,7 @@ pub async fn run_install(
         env,
         labels: BTreeMap::from([
             ("envbuild.role".to_owned(), "install".to_owned()),
-            ("envbuild.env-key".to_owned(), plan.keys.env_key.clone()),
+            ("envbuild.env-key".to_owned(), plan.keys.env_key.to_string()),
         ]),
         network: plan.network,
         ..ContainerSpec::default()

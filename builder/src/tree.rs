@@ -124,8 +124,8 @@ impl FileSet {
             let result = self.write_tar(std::io::BufWriter::with_capacity(CHUNK, writer), &prefix, owner);
             if let Err(e) = result {
                 let _ = tx.blocking_send(Err(EngineError::Failed {
-                    operation: "read the files to send".into(),
-                    detail: e.to_string(),
+                    operation: "receive the files to send".into(),
+                    source: Box::new(e),
                 }));
             }
         });

@@ -201,7 +201,7 @@ async fn ingest_leased(
         keys: options.meta.keys.clone(),
     };
     manifest.check().map_err(|e| Error::Internal(format!("the new manifest fails its own checks: {e}")))?;
-    let (bytes_of_manifest, id) = manifest.encode();
+    let (bytes_of_manifest, id) = manifest.encode()?;
     let manifest_bytes = bytes_of_manifest.len() as u64;
     let outcome = store.put(&layout::snapshot(&id), Bytes::from(bytes_of_manifest), PutMode::Create).await?;
     let unique = manifest.unique_chunks();

@@ -149,8 +149,9 @@ pub struct ManifestError {
 }
 
 impl Manifest {
-    /// The canonical bytes and the id they give.
-    pub fn encode(&self) -> (Vec<u8>, SnapshotId) {
+    /// The canonical bytes and the id they give. Plain data with string keys always
+    /// serializes; if it ever did not, the error is returned rather than an id of empty bytes.
+    pub fn encode(&self) -> Result<(Vec<u8>, SnapshotId), ManifestError> {
         let sorted = |doc: &Option<Value>| doc.as_ref().map(sorted_keys);
         let canonical = Manifest {
             image_config: sorted(&self.image_config),
@@ -158,10 +159,12 @@ impl Manifest {
             keys: sorted(&self.keys),
             ..self.clone()
         };
-        // Plain data with string keys: serializing cannot fail.
-        let bytes = serde_json::to_vec(&canonical).unwrap_or_default();
+        let bytes = serde_json::to_vec(&canonical).map_err(|e| ManifestError {
+            id: "(new)".to_owned(),
+            detail: format!("it cannot be encoded: {e}"),
+        })?;
         let id = SnapshotId(Digest::of(&bytes));
-        (bytes, id)
+        Ok((bytes, id))
     }
 
     /// Decodes and checks manifest bytes that must be the snapshot `id`.
@@ -320,7 +323,7 @@ mod tests {
 
     #[test]
     fn canonical_bytes_sort_keys_everywhere() {
-        let (bytes, id) = sample().encode();
+        let (bytes, id) = sample().encode().unwrap();
         let text = String::from_utf8(bytes.clone()).unwrap();
         assert!(text.starts_with(r#"{"chunking":{"algorithm":"fastcdc-2020","avg":1048576"#), "{text}");
         assert!(text.contains(r#""image_config":{"a":[true,null],"b":1}"#), "{text}");
@@ -348,14 +351,14 @@ mod tests {
             uid: 2,
             xattrs: vec!["user.a".into()],
         });
-        let (bytes, _) = m.encode();
+        let (bytes, _) = m.encode().unwrap();
         let reference = canonical_json(&serde_json::from_slice(&bytes).unwrap());
         assert_eq!(String::from_utf8(bytes).unwrap(), String::from_utf8(reference).unwrap());
     }
 
     #[test]
     fn hostile_manifests_are_refused() {
-        let (bytes, id) = sample().encode();
+        let (bytes, id) = sample().encode().unwrap();
         let mut flipped = bytes.clone();
         flipped[10] ^= 1;
         assert!(Manifest::decode(&flipped, &id).unwrap_err().detail.contains("hash"));
@@ -363,17 +366,17 @@ mod tests {
         let mut m = sample();
         m.chunks[0].size = 1 << 40;
         m.size = 1 << 40;
-        let (bytes, id) = m.encode();
+        let (bytes, id) = m.encode().unwrap();
         assert!(Manifest::decode(&bytes, &id).unwrap_err().detail.contains("outside"));
 
         let mut m = sample();
         m.size = 6;
-        let (bytes, id) = m.encode();
+        let (bytes, id) = m.encode().unwrap();
         assert!(Manifest::decode(&bytes, &id).unwrap_err().detail.contains("add up"));
 
         let mut m = sample();
         m.chunks[0].stored_size = 10_000;
-        let (bytes, id) = m.encode();
+        let (bytes, id) = m.encode().unwrap();
         assert!(Manifest::decode(&bytes, &id).unwrap_err().detail.contains("impossible"));
 
         let unknown = br#"{"format":"envbuild.snapshot.v1","surprise":1}"#;

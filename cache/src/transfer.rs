@@ -90,7 +90,7 @@ async fn copy_leased(
         report.copied_chunks += 1;
         report.copied_bytes += bytes;
     }
-    let (bytes, encoded_id) = manifest.encode();
+    let (bytes, encoded_id) = manifest.encode()?;
     debug_assert_eq!(encoded_id, *id);
     let outcome = to.put(&layout::snapshot(id), bytes.into(), PutMode::Create).await?;
     report.published = matches!(outcome, PutOutcome::Written { .. });

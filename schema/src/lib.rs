@@ -14,9 +14,11 @@
 //! - [`json_schema`]: the schema editors use.
 //! - [`suggest`]: "did you mean" for misspelled names.
 //! - [`secret`]: the type secret values travel in, which never prints them.
+//! - [`digest`]: SHA-256 digests, the names of chunks, snapshots and keys.
 
 pub mod config;
 pub mod diagnostic;
+pub mod digest;
 pub mod json_schema;
 pub mod jsonc;
 pub mod secret;
@@ -26,5 +28,6 @@ mod validate;
 
 pub use config::{DEFAULT_CONFIG_PATH, LoadedConfig, ResolvedPaths, load, load_bytes};
 pub use diagnostic::{Diagnostic, Position, Severity};
+pub use digest::Digest;
 pub use secret::SecretString;
 pub use spec::{Build, EnvironmentSpec, NamedTerminal, Port, Terminal, TerminalItem};

@@ -112,10 +112,11 @@ impl EnvironmentSpec {
         spec
     }
 
-    /// Canonical JSON of [`Self::normalized`]: field order fixed, no whitespace.
-    pub fn canonical_json(&self) -> Vec<u8> {
-        // Serializing plain structs and vectors cannot fail.
-        serde_json::to_vec(&self.normalized()).unwrap_or_default()
+    /// Canonical JSON of [`Self::normalized`]: field order fixed, no whitespace. Encoding
+    /// plain structs cannot fail; if it ever did, the error says so rather than hashing
+    /// empty bytes.
+    pub fn canonical_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(&self.normalized())
     }
 }
 
@@ -138,9 +139,9 @@ mod tests {
         let a: EnvironmentSpec = serde_json::from_str(r#"{"build":{"dockerfile":"Dockerfile"}}"#).unwrap();
         let b: EnvironmentSpec =
             serde_json::from_str(r#"{"build":{"context":".","dockerfile":"Dockerfile"}}"#).unwrap();
-        assert_eq!(a.canonical_json(), b.canonical_json());
+        assert_eq!(a.canonical_json().unwrap(), b.canonical_json().unwrap());
         assert_eq!(
-            String::from_utf8(a.canonical_json()).unwrap(),
+            String::from_utf8(a.canonical_json().unwrap()).unwrap(),
             r#"{"build":{"dockerfile":"Dockerfile","context":"."}}"#
         );
     }

@@ -21,13 +21,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use anyhow::Context;
 use base64::Engine as _;
 use envbuild_cache::Digest;
 use subtle::ConstantTimeEq;
 
+use super::ServeError;
+
 /// What a token may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
     /// GET and HEAD: fetch snapshots, resolve keys, browse.
     Read,
@@ -75,7 +76,7 @@ fn hash(token: &str) -> [u8; 32] {
 }
 
 /// Parses a tokens file; errors name the line.
-fn parse(text: &str, path: &Path) -> anyhow::Result<Vec<Entry>> {
+fn parse(text: &str, path: &Path) -> Result<Vec<Entry>, ServeError> {
     let mut entries = Vec::new();
     for (number, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -83,13 +84,7 @@ fn parse(text: &str, path: &Path) -> anyhow::Result<Vec<Entry>> {
             continue;
         }
         let mut fields = line.split_whitespace();
-        let bad = || {
-            anyhow::anyhow!(
-                "{}:{}: expected `sha256:<64 hex digits> read|write [label]`",
-                path.display(),
-                number + 1
-            )
-        };
+        let bad = || ServeError::BadTokenLine { path: path.to_owned(), line: number + 1 };
         let digest = fields
             .next()
             .and_then(|f| f.strip_prefix("sha256:"))
@@ -104,8 +99,9 @@ fn parse(text: &str, path: &Path) -> anyhow::Result<Vec<Entry>> {
 impl Tokens {
     /// Loads the tokens file; an unreadable or malformed file is an error (a server that
     /// started with no tokens by mistake would refuse everyone, confusingly).
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = fs_err::read_to_string(path).context("cannot read the tokens file")?;
+    pub fn load(path: &Path) -> Result<Self, ServeError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(ServeError::io(format!("cannot read the tokens file `{}`", path.display())))?;
         let entries = parse(&text, path)?;
         if entries.is_empty() {
             tracing::warn!(path = %path.display(), "the tokens file has no tokens: every request will be refused");
@@ -140,15 +136,18 @@ impl Tokens {
                     continue;
                 }
                 seen = now;
-                match fs_err::read_to_string(&tokens.path)
-                    .map_err(anyhow::Error::from)
-                    .and_then(|t| parse(&t, &tokens.path))
-                {
+                let reread = std::fs::read_to_string(&tokens.path)
+                    .map_err(ServeError::io(format!(
+                        "cannot read the tokens file `{}`",
+                        tokens.path.display()
+                    )))
+                    .and_then(|t| parse(&t, &tokens.path));
+                match reread {
                     Ok(entries) => {
                         tracing::info!(tokens = entries.len(), "reloaded the tokens file");
                         *tokens.entries.write().unwrap_or_else(std::sync::PoisonError::into_inner) = entries;
                     }
-                    Err(e) => tracing::error!("keeping the previous tokens: {e:#}"),
+                    Err(e) => tracing::error!("keeping the previous tokens: {e}"),
                 }
             }
         })
@@ -172,10 +171,10 @@ pub fn token_from_header(value: &str) -> Option<String> {
 }
 
 /// Adds a new token of `role` to the file at `path` (created with mode 0600) and returns it.
-pub fn add(path: &Path, role: Role, label: Option<&str>) -> anyhow::Result<String> {
+pub fn add(path: &Path, role: Role, label: Option<&str>) -> Result<String, ServeError> {
     use std::os::unix::fs::OpenOptionsExt;
     if let Ok(text) = std::fs::read_to_string(path) {
-        parse(&text, path).context("the tokens file is not valid; not adding to it")?;
+        parse(&text, path)?;
     }
     let token = generate();
     let created = humantime::format_rfc3339_seconds(SystemTime::now());
@@ -186,11 +185,11 @@ pub fn add(path: &Path, role: Role, label: Option<&str>) -> anyhow::Result<Strin
         .append(true)
         .mode(0o600)
         .open(path)
-        .context("cannot open the tokens file")?;
+        .map_err(ServeError::io(format!("cannot open the tokens file `{}`", path.display())))?;
     file.write_all(line.trim_end().as_bytes())
         .and_then(|()| file.write_all(b"\n"))
-        .context("cannot write the tokens file")?;
-    file.sync_all().context("cannot write the tokens file")?;
+        .and_then(|()| file.sync_all())
+        .map_err(ServeError::io(format!("cannot write the tokens file `{}`", path.display())))?;
     Ok(token)
 }
 

@@ -10,7 +10,7 @@ use envbuild_cache::manifest::Manifest;
 
 /// Immutable manifests by id, oldest out first when over the byte budget.
 #[derive(Debug)]
-pub struct ManifestCache {
+pub(super) struct ManifestCache {
     budget: usize,
     inner: Mutex<Cached>,
 }
@@ -19,16 +19,16 @@ pub struct ManifestCache {
 type Cached = (HashMap<SnapshotId, (Arc<Manifest>, usize)>, VecDeque<SnapshotId>, usize);
 
 impl ManifestCache {
-    pub fn new(budget: usize) -> Self {
+    pub(super) fn new(budget: usize) -> Self {
         Self { budget, inner: Mutex::new((HashMap::new(), VecDeque::new(), 0)) }
     }
 
-    pub fn get(&self, id: &SnapshotId) -> Option<Arc<Manifest>> {
+    pub(super) fn get(&self, id: &SnapshotId) -> Option<Arc<Manifest>> {
         let inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         inner.0.get(id).map(|(m, _)| m.clone())
     }
 
-    pub fn insert(&self, id: SnapshotId, manifest: Arc<Manifest>) {
+    pub(super) fn insert(&self, id: SnapshotId, manifest: Arc<Manifest>) {
         // An estimate of the decoded size: what the entries hold, not the JSON.
         let cost =
             manifest.chunks.len() * 64 + manifest.toc.iter().map(|e| 160 + e.path.len()).sum::<usize>();

@@ -24,11 +24,9 @@ pub mod error;
 mod manifests;
 pub mod metrics;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{MatchedPath, Request, State};
@@ -44,6 +42,27 @@ use self::auth::{Role, Tokens};
 use self::error::ApiError;
 use self::metrics::Metrics;
 
+/// The service could not start or run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    #[error("{path}:{line}: expected `sha256:<64 hex digits> read|write [label]`")]
+    BadTokenLine { path: std::path::PathBuf, line: usize },
+    #[error("{context}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ServeError {
+    fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServeError {
+        let context = context.into();
+        move |source| ServeError::Io { context, source }
+    }
+}
+
 /// How large request bodies may be.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -55,7 +74,6 @@ pub struct Limits {
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
-    pub listen: SocketAddr,
     pub limits: Limits,
     pub shutdown_grace: Duration,
     /// Bytes of manifests kept in memory.
@@ -240,17 +258,15 @@ impl<F: Fn(u64) + Unpin> http_body::Body for Counting<F> {
     }
 }
 
-/// Runs the service until SIGINT or SIGTERM. `on_listening` gets the bound address (the
-/// port, when `listen` asked for port 0).
+/// Serves `store` on `listener` until `shutdown` completes, then stops accepting and lets
+/// requests in flight finish for up to the grace period.
 pub async fn run(
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send,
     store: Arc<dyn Store>,
     tokens: Tokens,
     options: ServeOptions,
-    on_listening: impl FnOnce(SocketAddr),
-) -> anyhow::Result<()> {
-    // Signals are caught from before the address is announced, so a supervisor that stops
-    // the server as soon as it is up still gets a graceful stop.
-    let signals = ShutdownSignals::new()?;
+) -> Result<(), ServeError> {
     let watcher = tokens.watch();
     let state = Arc::new(AppState {
         store,
@@ -259,11 +275,6 @@ pub async fn run(
         limits: options.limits,
         manifests: manifests::ManifestCache::new(options.manifest_cache_bytes),
     });
-    let listener = tokio::net::TcpListener::bind(options.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", options.listen))?;
-    let address = listener.local_addr().context("cannot read the address listened on")?;
-    on_listening(address);
     let stop = Arc::new(tokio::sync::Notify::new());
     let server = axum::serve(listener, app(state)).with_graceful_shutdown({
         let stop = stop.clone();
@@ -272,7 +283,7 @@ pub async fn run(
     let mut task = tokio::spawn(async move { server.await });
     let result = tokio::select! {
         done = &mut task => done,
-        () = signals.wait() => {
+        () = shutdown => {
             tracing::warn!(grace = ?options.shutdown_grace, "shutting down: no new connections; finishing requests in flight");
             stop.notify_one();
             if let Ok(done) = tokio::time::timeout(options.shutdown_grace, &mut task).await {
@@ -285,25 +296,32 @@ pub async fn run(
         }
     };
     watcher.abort();
-    result.context("the server task failed")?.context("the server failed")
+    match result {
+        Ok(served) => served.map_err(ServeError::io("the server failed")),
+        Err(e) => Err(ServeError::io("the server task failed")(std::io::Error::other(e))),
+    }
 }
 
-/// SIGINT and SIGTERM, listened for from creation on.
-struct ShutdownSignals {
+/// SIGINT and SIGTERM, listened for from creation on: create it before announcing the address,
+/// so a supervisor that stops the server as soon as it is up still gets a graceful stop.
+#[derive(Debug)]
+pub struct ShutdownSignals {
     interrupt: tokio::signal::unix::Signal,
     terminate: tokio::signal::unix::Signal,
 }
 
 impl ShutdownSignals {
-    fn new() -> anyhow::Result<Self> {
+    pub fn new() -> Result<Self, ServeError> {
         use tokio::signal::unix::{SignalKind, signal};
         Ok(Self {
-            interrupt: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
-            terminate: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            interrupt: signal(SignalKind::interrupt()).map_err(ServeError::io("cannot listen for SIGINT"))?,
+            terminate: signal(SignalKind::terminate())
+                .map_err(ServeError::io("cannot listen for SIGTERM"))?,
         })
     }
 
-    async fn wait(mut self) {
+    /// Completes at the first SIGINT or SIGTERM.
+    pub async fn wait(mut self) {
         tokio::select! {
             _ = self.interrupt.recv() => {}
             _ = self.terminate.recv() => {}

@@ -240,12 +240,12 @@ async fn boot_runs_install_start_and_terminals_with_masked_secrets() {
 async fn kms_secrets_open_and_an_unreachable_kms_stops_the_boot() {
     let Some(endpoint) = super::s3::moto_endpoint() else { return };
     let Some(engine) = engine().await else { return };
-    let options = envbuild_builder::secrets::KmsOptions {
+    let options = envbuild_secrets::kms::KmsOptions {
         endpoint_url: Some(endpoint.clone()),
         region: Some("us-east-1".into()),
         static_credentials: Some(("test".into(), "test".into())),
     };
-    let key_id = envbuild_builder::secrets::KmsKey::create_for_tests(&options).await.unwrap();
+    let key_id = envbuild_secrets::kms::KmsKey::create_for_tests(&options).await.unwrap();
     let (store, home) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let with_aws = |cmd: &mut assert_cmd::Command, endpoint: &str| {
         cmd.env("AWS_ENDPOINT_URL", endpoint)

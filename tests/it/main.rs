@@ -7,7 +7,9 @@
 mod boot;
 mod build;
 mod export;
+#[cfg(feature = "s3")]
 mod s3;
+#[cfg(feature = "http")]
 mod serve;
 mod store;
 mod validate;

@@ -422,7 +422,7 @@ fn manifest_for(raw: &[u8], digest: &Digest, stored: u64) -> (Vec<u8>, String) {
         size: raw.len() as u64,
         toc: Vec::new(),
     };
-    let (bytes, id) = manifest.encode();
+    let (bytes, id) = manifest.encode().unwrap();
     (bytes, id.to_string())
 }
 

@@ -1,0 +1,324 @@
+//! The boot workflow: a snapshot into a running environment (DESIGN §6): the image, the
+//! environment's container with the repository at `/workspace`, then `install`, `start` and
+//! the terminals. Each step is reported with its time as it ends; a step that fails removes
+//! the environment again.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use envbuild_builder::boot::{self, StartOutcome, TerminalMode};
+use envbuild_builder::cleanup::Cleanup;
+use envbuild_builder::engine::{ContainerEngine, ExecSpec, Network};
+use envbuild_builder::passwd::{self, User};
+use envbuild_builder::{inputs, pipeline};
+use envbuild_cache::manifest::Manifest;
+use envbuild_cache::{Digest, SnapshotId, Store, catalog, restore};
+use envbuild_schema::EnvironmentSpec;
+use envbuild_secrets::{Loaded, Scope, When, records};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::session::Session;
+use crate::{bridge, build, config, format};
+
+/// Which snapshot to boot.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// An id, a unique prefix, or a ref name.
+    Snapshot(String),
+    /// The snapshot this env key points at.
+    Key(Digest),
+}
+
+#[derive(Debug, Clone)]
+pub struct BootOptions {
+    pub target: Target,
+    /// Copy this repository's tracked files to `/workspace` and use its environment.json
+    /// (default: the snapshot's own `/workspace` and config).
+    pub repo: Option<PathBuf>,
+    /// The environment's name (default: `envbuild-<snapshot id prefix>`).
+    pub name: Option<String>,
+    pub scopes: Vec<Scope>,
+    pub network: Network,
+    /// How long to wait for `start` to finish before leaving it running in the background.
+    pub start_wait: Duration,
+}
+
+/// One step of a boot and how long it took.
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    #[serde(rename = "step")]
+    pub name: &'static str,
+    pub seconds: f64,
+    pub detail: String,
+}
+
+/// What a boot made.
+#[derive(Debug, Clone, Serialize)]
+pub struct BootReport {
+    pub name: String,
+    pub container: String,
+    pub snapshot: SnapshotId,
+    /// The Docker image the snapshot is imported as (`docker run` takes it too).
+    pub image: String,
+    pub steps: Vec<Step>,
+    pub terminals: Vec<String>,
+    pub terminal_mode: Option<&'static str>,
+    pub total_seconds: f64,
+}
+
+/// The steps so far, each reported as it ends.
+struct Steps<'a> {
+    session: &'a Session,
+    done: Vec<Step>,
+}
+
+impl Steps<'_> {
+    fn record(&mut self, name: &'static str, started: Instant, detail: String) {
+        let seconds = started.elapsed().as_secs_f64();
+        self.session.note(format!("{name:<10} {:>9}  {detail}", format::duration(started.elapsed())));
+        self.done.push(Step { name, seconds, detail });
+    }
+}
+
+/// The snapshot `target` names.
+pub async fn resolve(store: &dyn Store, target: &Target) -> Result<SnapshotId> {
+    match target {
+        Target::Snapshot(query) => Ok(catalog::resolve(store, query).await?),
+        Target::Key(key) => Ok(catalog::read_key(store, key)
+            .await?
+            .ok_or_else(|| {
+                Error::Failed(format!("no build is recorded under key {key} in {}", store.location()))
+            })?
+            .snapshot),
+    }
+}
+
+/// Boots a snapshot into a new, named environment.
+pub async fn boot(session: &Session, options: &BootOptions) -> Result<BootReport> {
+    let started = Instant::now();
+    let store = &session.store;
+    let id = resolve(&**store, &options.target).await?;
+    let manifest = restore::read_manifest(&**store, &id).await?;
+    let spec: EnvironmentSpec = match &options.repo {
+        Some(repo) => config::load(session, repo)?
+            .valid_spec()
+            .cloned()
+            .ok_or_else(|| Error::Failed("the repository's config is invalid".into()))?,
+        None => manifest.environment.clone().and_then(|doc| serde_json::from_value(doc).ok()).ok_or_else(
+            || Error::Failed(format!("snapshot {id} carries no environment.json; boot it with --repo")),
+        )?,
+    };
+    let known_user = user_from_snapshot(&**store, &manifest, spec.user.as_deref()).await?;
+    // Every secret of the scopes, decrypted before anything starts: a failure names them all
+    // and nothing boots with values missing.
+    let found = records::list(&**store, &options.scopes).await?;
+    let loaded = build::open_secrets(session, found).await.map_err(|e| {
+        e.context("nothing was started: an environment boots with all of its secrets or not at all")
+    })?;
+    let engine = session.engine.get().await?;
+    let name = options.name.clone().unwrap_or_else(|| format!("envbuild-{}", &id.0.hex()[..12]));
+    if !engine.containers(&format!("{}={name}", boot::NAME_LABEL)).await?.is_empty() {
+        return Err(Error::Failed(format!(
+            "an environment named `{name}` exists already\nhint: stop it first with `envbuild stop {name}`, or choose another --name"
+        )));
+    }
+    let mut steps = Steps { session, done: Vec::new() };
+
+    let t = Instant::now();
+    let config = build::image_config(&manifest)?;
+    let (stream_store, stream_manifest, jobs) = (store.clone(), manifest.clone(), session.jobs);
+    let image = pipeline::import_snapshot_image(&engine, &id.0, &config, move || {
+        bridge::snapshot_stream(stream_store, &stream_manifest, jobs)
+    })
+    .await?;
+    let short_image: String = image.id.chars().take(19).collect();
+    steps.record(
+        "image",
+        t,
+        if image.reused {
+            format!("{short_image} (already imported)")
+        } else {
+            format!("{short_image} imported")
+        },
+    );
+
+    let cleanup = Cleanup::new(engine.clone());
+    let environment =
+        Environment { engine: &engine, options, spec: &spec, id: &id, name: &name, secrets: &loaded };
+    let outcome = tokio::select! {
+        outcome = environment.start(&image.id, known_user, &cleanup, &mut steps) => outcome,
+        () = session.cancel.cancelled() => Err(Error::Interrupted),
+    };
+    let (container, terminals, mode) = match outcome {
+        Ok(done) => done,
+        Err(e) => {
+            cleanup.run().await;
+            return Err(e.masked());
+        }
+    };
+    cleanup.keep_container(&container);
+    session.note(format!(
+        "environment `{name}` is up in {}; `envbuild logs {name}{}` shows its output, `envbuild stop {name}` ends it",
+        format::duration(started.elapsed()),
+        terminals.first().map(|t| format!(" {t}")).unwrap_or_default()
+    ));
+    Ok(BootReport {
+        name,
+        container,
+        snapshot: id,
+        image: image.id,
+        steps: steps.done,
+        terminals,
+        terminal_mode: mode.map(|m| if m == TerminalMode::Tmux { "tmux" } else { "supervised" }),
+        total_seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The user the environment's processes run as, resolved from the snapshot's own `/etc/passwd`
+/// and `/etc/group` (read from their chunks: no container is needed, which saves two archive
+/// calls to the engine); `None` when they are not plain files there, and the container's
+/// copies are read instead.
+async fn user_from_snapshot(
+    store: &dyn Store,
+    manifest: &Manifest,
+    spec: Option<&str>,
+) -> Result<Option<User>> {
+    const MAX: u64 = 16 << 20;
+    let Some(spec) = spec.filter(|s| !s.is_empty()) else { return Ok(Some(User::root())) };
+    let (passwd, group) = futures::try_join!(
+        restore::read_file(store, manifest, "etc/passwd", MAX),
+        restore::read_file(store, manifest, "etc/group", MAX)
+    )?;
+    let (Some(passwd), Some(group)) = (passwd, group) else { return Ok(None) };
+    Ok(Some(passwd::resolve(spec, &String::from_utf8_lossy(&passwd), &String::from_utf8_lossy(&group))?))
+}
+
+/// `NAME=value` lines for the engine.
+fn env_lines(loaded: &[Loaded], pick: impl Fn(When) -> bool) -> Vec<String> {
+    records::env_pairs(loaded, pick).into_iter().map(|(k, v)| format!("{k}={}", v.expose())).collect()
+}
+
+/// One environment being started.
+struct Environment<'a> {
+    engine: &'a Arc<dyn ContainerEngine>,
+    options: &'a BootOptions,
+    spec: &'a EnvironmentSpec,
+    id: &'a SnapshotId,
+    name: &'a str,
+    secrets: &'a [Loaded],
+}
+
+impl Environment<'_> {
+    /// The container, install, start and the terminals; returns the container, the terminal
+    /// names and how they run.
+    async fn start(
+        &self,
+        image: &str,
+        known_user: Option<User>,
+        cleanup: &Cleanup,
+        steps: &mut Steps<'_>,
+    ) -> Result<(String, Vec<String>, Option<TerminalMode>)> {
+        let (engine, options, spec, name) = (self.engine, self.options, self.spec, self.name);
+        let t = Instant::now();
+        let terminal_list: Vec<(String, String)> =
+            spec.terminals().into_iter().map(|t| (t.name, t.terminal.command.clone())).collect();
+        let labels = BTreeMap::from([
+            (boot::SNAPSHOT_LABEL.to_owned(), self.id.to_string()),
+            (
+                boot::SCOPES_LABEL.to_owned(),
+                options.scopes.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+            ),
+            (
+                boot::TERMINALS_LABEL.to_owned(),
+                terminal_list.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(","),
+            ),
+        ]);
+        let container = boot::create(
+            engine,
+            &boot::EnvironmentSpec {
+                name: name.to_owned(),
+                image: image.to_owned(),
+                env: env_lines(self.secrets, When::at_boot),
+                labels,
+                network: options.network,
+            },
+        )
+        .await?;
+        cleanup.container(&container);
+        let user = match known_user {
+            Some(user) => user,
+            None => pipeline::resolve_user(engine, &container, spec.user.as_deref()).await?,
+        };
+        let mut detail =
+            format!("{} as {} ({})", &container[..12.min(container.len())], user.spec, user.engine_spec());
+        let mut files = None;
+        if let Some(repo) = &options.repo {
+            let repo = std::fs::canonicalize(repo)
+                .map_err(Error::io(format!("cannot open `{}`", repo.display())))?;
+            let tree = tokio::task::spawn_blocking(move || inputs::collect(&repo, &[]))
+                .await
+                .map_err(|e| Error::Failed(format!("reading the repository stopped: {e}")))??;
+            detail.push_str(&format!("; {} repository files at /workspace", tree.entries.len()));
+            files = Some(tree.tar_stream("workspace/".to_owned(), (user.uid, user.gid)));
+        }
+        boot::populate_and_start(engine, &container, files).await?;
+        steps.record("container", t, detail);
+
+        if let Some(install) = spec.install.as_ref().filter(|i| !i.trim().is_empty()) {
+            let t = Instant::now();
+            let exec = ExecSpec {
+                cmd: vec!["sh".into(), "-c".into(), install.clone()],
+                user: Some(user.engine_spec()),
+                working_dir: Some(pipeline::WORKSPACE.to_owned()),
+                env: env_lines(self.secrets, When::at_install),
+            };
+            let (code, _) =
+                boot::exec_to_end(engine, &container, &exec, Some(&mut steps.session.output_sink())).await?;
+            if code != 0 {
+                return Err(Error::Failed(format!(
+                    "install failed at boot with exit code {code}; the environment was removed"
+                )));
+            }
+            steps.record("install", t, "done".into());
+        }
+        if let Some(start) = spec.start.as_ref().filter(|s| !s.trim().is_empty()) {
+            let t = Instant::now();
+            let detail = match boot::start(engine, &container, start, &user.engine_spec(), options.start_wait)
+                .await?
+            {
+                StartOutcome::Exited(0) => "done".to_owned(),
+                StartOutcome::Exited(code) => {
+                    return Err(Error::Failed(format!(
+                        "start failed with exit code {code} (see `envbuild logs {name} start`)"
+                    )));
+                }
+                StartOutcome::Running => {
+                    format!(
+                        "still running after {}: left in the background",
+                        format::duration(options.start_wait)
+                    )
+                }
+            };
+            steps.record("start", t, detail);
+        }
+        let mut mode = None;
+        if !terminal_list.is_empty() {
+            let t = Instant::now();
+            let started = boot::terminals(engine, &container, &terminal_list, &user.engine_spec()).await?;
+            let names: Vec<&str> = terminal_list.iter().map(|(n, _)| n.as_str()).collect();
+            let how = match &started {
+                TerminalMode::Tmux => "in tmux session `envbuild`".to_owned(),
+                TerminalMode::Supervised { tmux_failed: None } => "supervised".to_owned(),
+                TerminalMode::Supervised { tmux_failed: Some(why) } => {
+                    format!("supervised, as tmux cannot start: {why}")
+                }
+            };
+            steps.record("terminals", t, format!("{} running, {how}", names.join(", ")));
+            mode = Some(started);
+        }
+        Ok((container, terminal_list.into_iter().map(|(n, _)| n).collect(), mode))
+    }
+}

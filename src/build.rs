@@ -1,0 +1,470 @@
+//! The build workflow: a repository's environment.json into a snapshot, or the one already
+//! built (DESIGN §1).
+//!
+//! 1. validate the config and compute both keys (no engine unless a base is named by tag);
+//! 2. a stored env key is a hit: the snapshot id, and nothing else is touched;
+//! 3. otherwise build the system image (or reuse it when only the env key changed), run install
+//!    with the repository at `/workspace`, export the container straight into the store
+//!    (no temporary file), and record the key.
+//!
+//! Containers and failed builds' layers are removed on every path: success, failure, and
+//! cancellation through [`Session::cancel`].
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use envbuild_builder::cleanup::Cleanup;
+use envbuild_builder::engine::{ContainerEngine, ImageConfig, Network};
+use envbuild_builder::keys::{self, Difference, KeyManifest};
+use envbuild_builder::oci;
+use envbuild_builder::pipeline::{self, SystemImage};
+use envbuild_builder::plan::{self, Plan, PlanOptions, SystemSource};
+use envbuild_cache::catalog::{self, KeyRecord};
+use envbuild_cache::diff::Diff;
+use envbuild_cache::ingest::{self, IngestOptions, IngestReport, LeakScanner, Progress, SnapshotMeta};
+use envbuild_cache::{Digest, SnapshotId, Store, diff, layout, restore};
+use envbuild_secrets::scan::SecretScanner;
+use envbuild_secrets::{Loaded, Scope, When, records, redact};
+use serde::Serialize;
+
+use crate::error::{Error, Result, ResultExt};
+use crate::session::Session;
+use crate::{bridge, config};
+
+/// Where the repository is and what feeds its keys.
+#[derive(Debug, Clone)]
+pub struct RepoOptions {
+    /// The repository (the folder holding `.cursor/environment.json`).
+    pub repo: PathBuf,
+    /// Narrow the install inputs to paths matching these globs.
+    pub inputs: Vec<String>,
+    /// Environment variables install sees (part of the env key).
+    pub env: BTreeMap<String, String>,
+    /// The Dockerfile's build args (part of the system key).
+    pub build_args: BTreeMap<String, String>,
+    /// Network of the build and install.
+    pub network: Network,
+    /// Secret scopes whose secrets apply.
+    pub scopes: Vec<Scope>,
+}
+
+impl Default for RepoOptions {
+    fn default() -> Self {
+        Self {
+            repo: PathBuf::from("."),
+            inputs: Vec::new(),
+            env: BTreeMap::new(),
+            build_args: BTreeMap::new(),
+            network: Network::Host,
+            scopes: vec![Scope::workspace()],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    pub repo: RepoOptions,
+    /// Build even if the key is stored (the key record then points at the new snapshot).
+    pub no_cache: bool,
+    /// Run install a second time on the result and report what it changed.
+    pub check_idempotent: bool,
+}
+
+/// How long each step took, in seconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timings {
+    pub keys: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system_image: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub install: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub export_and_store: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency_check: Option<f64>,
+    pub total: f64,
+}
+
+/// What a build stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sizes {
+    pub bytes: u64,
+    pub entries: usize,
+    pub chunks: usize,
+    pub new_chunks: usize,
+    pub new_stored_bytes: u64,
+    pub stored_bytes: u64,
+}
+
+/// What the second install run of `--check-idempotent` changed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Idempotency {
+    pub idempotent: bool,
+    /// The second run's exit code, when it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_with: Option<i64>,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+}
+
+/// What a build did.
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildReport {
+    pub id: SnapshotId,
+    pub hit: bool,
+    pub system_key: Digest,
+    pub env_key: Digest,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system_image: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system_image_reused: Option<bool>,
+    pub timings: Timings,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sizes: Option<Sizes>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency: Option<Idempotency>,
+}
+
+/// A plan with the secret records in scope (not yet decrypted: a hit never needs values).
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub plan: Plan,
+    pub secrets: Vec<records::Found>,
+}
+
+/// Computes the plan and keys of a repository, resolving a base snapshot through the store.
+pub async fn plan(session: &Session, repo: &RepoOptions) -> Result<Planned> {
+    let loaded = config::load(session, &repo.repo)?;
+    let spec = loaded.valid_spec().ok_or_else(|| Error::InvalidConfig { file: loaded.file.clone() })?;
+    let base_snapshot = match (&spec.build, &spec.snapshot) {
+        (None, Some(query)) => Some(
+            catalog::resolve(&*session.store, query)
+                .await
+                .with_context(|| {
+                    format!(
+                        "the config starts from snapshot `{query}`, which is not in {}",
+                        session.store.location()
+                    )
+                })?
+                .0,
+        ),
+        _ => None,
+    };
+    let secrets = records::list(&*session.store, &repo.scopes).await?;
+    let options = PlanOptions {
+        input_globs: repo.inputs.clone(),
+        env: repo.env.clone(),
+        build_args: repo.build_args.clone(),
+        secret_versions: records::install_versions(&secrets),
+        base_snapshot,
+        network: repo.network,
+    };
+    let plan = plan::plan(&loaded, options, &session.engine).await?;
+    Ok(Planned { plan, secrets })
+}
+
+/// The snapshot a stored key points at, if it really is stored.
+pub async fn stored_snapshot(store: &dyn Store, env_key: &Digest) -> Result<Option<SnapshotId>> {
+    let Some(record) = catalog::read_key(store, env_key).await? else { return Ok(None) };
+    let present = store.head(&layout::snapshot(&record.snapshot)).await?.is_some();
+    Ok(present.then_some(record.snapshot))
+}
+
+/// Opens the secrets `found` and registers their values for redaction everywhere; fails
+/// naming every secret that cannot be opened.
+pub async fn open_secrets(session: &Session, found: Vec<records::Found>) -> Result<Vec<Loaded>> {
+    let loaded = records::open_all(&session.keyring, found).await?;
+    redact::register(&records::patterns(&loaded)?)?;
+    Ok(loaded)
+}
+
+fn short(key: &impl std::fmt::Display) -> String {
+    key.to_string().chars().take(19).collect()
+}
+
+/// Builds the repository's environment, or finds it built.
+pub async fn build(session: &Session, options: &BuildOptions) -> Result<BuildReport> {
+    let started = Instant::now();
+    let Planned { plan, secrets } = plan(session, &options.repo).await?;
+    let mut timings = Timings { keys: started.elapsed().as_secs_f64(), ..Timings::default() };
+    if !options.no_cache
+        && let Some(id) = stored_snapshot(&*session.store, &plan.keys.env_key).await?
+    {
+        timings.total = started.elapsed().as_secs_f64();
+        session.note(format!(
+            "cache hit: env key {} is snapshot {id} ({}, no build)",
+            short(&plan.keys.env_key),
+            crate::format::duration(started.elapsed())
+        ));
+        return Ok(BuildReport {
+            id,
+            hit: true,
+            system_key: plan.keys.system_key,
+            env_key: plan.keys.env_key,
+            system_image: None,
+            system_image_reused: None,
+            timings,
+            sizes: None,
+            idempotency: None,
+        });
+    }
+    // A miss needs the values: decrypt them all (a KMS outage fails here, naming them), and
+    // from now on mask the redacted ones in everything reported.
+    let loaded = open_secrets(session, secrets)
+        .await
+        .context("nothing was built: install runs with all of its secrets or not at all")?;
+    let engine = session.engine.get().await?;
+    let cleanup = Cleanup::new(engine.clone());
+    let miss = Miss { session, options, plan: &plan, engine: &engine, secrets: &loaded, cleanup: &cleanup };
+    let outcome = tokio::select! {
+        outcome = miss.run(&mut timings, started) => outcome,
+        () = session.cancel.cancelled() => Err(Error::Interrupted),
+    };
+    cleanup.run().await;
+    outcome.map_err(Error::masked)
+}
+
+/// One build of a key that is not stored.
+struct Miss<'a> {
+    session: &'a Session,
+    options: &'a BuildOptions,
+    plan: &'a Plan,
+    engine: &'a Arc<dyn ContainerEngine>,
+    secrets: &'a [Loaded],
+    cleanup: &'a Cleanup,
+}
+
+impl Miss<'_> {
+    async fn run(&self, timings: &mut Timings, started: Instant) -> Result<BuildReport> {
+        let (session, plan) = (self.session, self.plan);
+        session.note(format!(
+            "building: system key {}, env key {} (not in {})",
+            short(&plan.keys.system_key),
+            short(&plan.keys.env_key),
+            session.store.location()
+        ));
+        let system = self.system_image().await?;
+        timings.system_image = Some(system.duration.as_secs_f64());
+        session.note(if system.reused {
+            format!("system image {} reused (its key is unchanged)", short(&system.id))
+        } else {
+            format!(
+                "system image {} built in {}",
+                short(&system.id),
+                crate::format::duration(system.duration)
+            )
+        });
+        session.note(format!("running install in {}", pipeline::WORKSPACE));
+        // Install sees the secrets declared for it, never in the Docker build (build args and
+        // ENV persist in image history).
+        let install_env: BTreeMap<String, String> = records::env_pairs(self.secrets, When::at_install)
+            .into_iter()
+            .map(|(name, value)| (name, value.expose().to_owned()))
+            .collect();
+        let run = pipeline::run_install(
+            self.engine,
+            plan,
+            &system,
+            &install_env,
+            self.cleanup,
+            &mut session.output_sink(),
+        )
+        .await?;
+        timings.install = Some(run.duration.as_secs_f64());
+        let exported = Instant::now();
+        let report = self.export_into_store(&system.config, &run.container).await?;
+        timings.export_and_store = Some(exported.elapsed().as_secs_f64());
+        session.note(format!(
+            "stored snapshot {}: {} in {} entries; {} new chunks ({}) in {}",
+            report.id,
+            crate::format::bytes(report.bytes),
+            report.entries,
+            report.new_chunks,
+            crate::format::bytes(report.new_stored_bytes),
+            crate::format::duration(exported.elapsed())
+        ));
+        let record = KeyRecord {
+            format: catalog::KEY_FORMAT.to_owned(),
+            key: plan.keys.env_key,
+            snapshot: report.id,
+            created: catalog::now_rfc3339(),
+            builder: format!("envbuild {}", env!("CARGO_PKG_VERSION")),
+            info: serde_json::json!({
+                "system_key": plan.keys.system_key,
+                "system_image": system.id,
+                "timings": {
+                    "system_image": timings.system_image,
+                    "install": timings.install,
+                    "export_and_store": timings.export_and_store,
+                },
+            }),
+        };
+        catalog::write_key(&*session.store, &record, self.options.no_cache).await?;
+        let mut idempotency = None;
+        if self.options.check_idempotent {
+            let checked = Instant::now();
+            idempotency = Some(self.check_idempotent(&run, &report.id).await?);
+            timings.idempotency_check = Some(checked.elapsed().as_secs_f64());
+        }
+        timings.total = started.elapsed().as_secs_f64();
+        Ok(BuildReport {
+            id: report.id,
+            hit: false,
+            system_key: plan.keys.system_key,
+            env_key: plan.keys.env_key,
+            system_image: Some(system.id),
+            system_image_reused: Some(system.reused),
+            timings: std::mem::take(timings),
+            sizes: Some(Sizes {
+                bytes: report.bytes,
+                entries: report.entries,
+                chunks: report.chunks,
+                new_chunks: report.new_chunks,
+                new_stored_bytes: report.new_stored_bytes,
+                stored_bytes: report.stored_bytes,
+            }),
+            idempotency,
+        })
+    }
+
+    async fn system_image(&self) -> Result<SystemImage> {
+        let session = self.session;
+        match &self.plan.source {
+            SystemSource::Dockerfile { .. } => Ok(pipeline::ensure_system_image(
+                self.engine,
+                self.plan,
+                self.options.no_cache,
+                self.cleanup,
+                &mut session.output_sink(),
+            )
+            .await?),
+            SystemSource::Snapshot { id } => {
+                let id = SnapshotId(*id);
+                let manifest = restore::read_manifest(&*session.store, &id).await?;
+                let config = image_config(&manifest)?;
+                let (store, jobs) = (session.store.clone(), session.jobs);
+                Ok(pipeline::import_snapshot_image(self.engine, &id.0, &config, move || {
+                    bridge::snapshot_stream(store, &manifest, jobs)
+                })
+                .await?)
+            }
+        }
+    }
+
+    async fn export_into_store(&self, config: &ImageConfig, container: &str) -> Result<IngestReport> {
+        let session = self.session;
+        let rootfs = self.engine.export(container).await?;
+        let reader = bridge::stream_reader(rootfs);
+        let environment = serde_json::to_value(self.plan.spec.normalized())
+            .map_err(|e| Error::Failed(format!("the normalized config cannot be encoded: {e}")))?;
+        let keys = serde_json::to_value(&self.plan.keys)
+            .map_err(|e| Error::Failed(format!("the key manifest cannot be encoded: {e}")))?;
+        let meta = SnapshotMeta {
+            image_config: Some(oci::to_json(config)?),
+            environment: Some(environment),
+            keys: Some(keys),
+        };
+        let leak_scanner = SecretScanner::new(records::patterns(self.secrets)?)
+            .map(|scanner| Arc::new(scanner) as Arc<dyn LeakScanner>);
+        let options =
+            IngestOptions { concurrency: session.jobs, meta, leak_scanner, ..IngestOptions::default() };
+        let counters = Arc::new(Progress::default());
+        let _bar = session.reporter.progress("storing", &counters);
+        ingest::ingest(session.store.clone(), Box::new(reader), options, counters)
+            .await
+            .with_context(|| format!("cannot store the environment in {}", session.store.location()))
+    }
+
+    /// Runs install a second time on the result and reports what changed.
+    async fn check_idempotent(&self, run: &pipeline::InstallRun, id: &SnapshotId) -> Result<Idempotency> {
+        let session = self.session;
+        session.note("checking idempotency: running install a second time");
+        let (code, tail) = pipeline::rerun_install(self.engine, run, &mut session.output_sink()).await?;
+        if code != 0 {
+            session.warn(format!(
+                "install is not idempotent: its second run failed with exit code {code}\n{}",
+                redact::mask(&tail)
+            ));
+            return Ok(Idempotency {
+                idempotent: false,
+                failed_with: Some(code),
+                added: Vec::new(),
+                removed: Vec::new(),
+                changed: Vec::new(),
+            });
+        }
+        let rootfs = self.engine.export(&run.container).await?;
+        let mut reader = bridge::stream_reader(rootfs);
+        let toc = tokio::task::spawn_blocking(move || ingest::table_of_contents(&mut reader))
+            .await
+            .map_err(|e| Error::Failed(format!("reading the second install's files stopped: {e}")))??;
+        let stored = restore::read_manifest(&*session.store, id).await?;
+        let changes: Diff = diff::diff_entries(&stored.toc, &toc, false);
+        let idempotency = Idempotency {
+            idempotent: changes.is_empty(),
+            failed_with: None,
+            added: changes.added.iter().map(|e| e.path.clone()).collect(),
+            removed: changes.removed.iter().map(|e| e.path.clone()).collect(),
+            changed: changes
+                .changed
+                .iter()
+                .map(|c| format!("{} ({})", c.path, c.aspects.join(", ")))
+                .collect(),
+        };
+        if idempotency.idempotent {
+            session.note("install is idempotent: a second run changed no file");
+        } else {
+            let mut lines = vec![format!(
+                "install is not idempotent: a second run added {}, removed {} and changed {} files",
+                idempotency.added.len(),
+                idempotency.removed.len(),
+                idempotency.changed.len()
+            )];
+            lines.extend(idempotency.added.iter().take(20).map(|p| format!("  + {p}")));
+            lines.extend(idempotency.removed.iter().take(20).map(|p| format!("  - {p}")));
+            lines.extend(idempotency.changed.iter().take(20).map(|p| format!("  ~ {p}")));
+            session.warn(lines.join("\n"));
+        }
+        Ok(idempotency)
+    }
+}
+
+/// The image configuration a snapshot carries (empty when it carries none).
+pub fn image_config(manifest: &envbuild_cache::manifest::Manifest) -> Result<ImageConfig> {
+    match &manifest.image_config {
+        Some(json) => Ok(oci::from_json(json)?),
+        None => Ok(ImageConfig::default()),
+    }
+}
+
+/// The key manifest behind `query`: a key with a record, or a snapshot.
+pub async fn key_manifest(store: &dyn Store, query: &str) -> Result<KeyManifest> {
+    let id = match query.parse::<Digest>().ok() {
+        Some(key) => match catalog::read_key(store, &key).await? {
+            Some(record) => record.snapshot,
+            None => catalog::resolve(store, query).await?,
+        },
+        None => catalog::resolve(store, query).await?,
+    };
+    let manifest = restore::read_manifest(store, &id).await?;
+    let doc = manifest.keys.ok_or_else(|| {
+        Error::Failed(format!("snapshot {id} records no build inputs (it was imported, not built)"))
+    })?;
+    serde_json::from_value(doc)
+        .map_err(|e| Error::Failed(format!("the build inputs of snapshot {id} are unreadable: {e}")))
+}
+
+/// The inputs that differ between the builds `a` and `b` (keys, snapshot ids, prefixes, refs).
+pub async fn explain(
+    store: &dyn Store,
+    a: &str,
+    b: &str,
+) -> Result<(KeyManifest, KeyManifest, Vec<Difference>)> {
+    let a = key_manifest(store, a).await?;
+    let b = key_manifest(store, b).await?;
+    let differences = keys::explain(&a, &b);
+    Ok((a, b, differences))
+}

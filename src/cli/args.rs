@@ -1,0 +1,557 @@
+//! The command line: every command, flag and help text. Doc comments here are the `--help`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use envbuild::env;
+
+/// envbuild: build development environments once, boot them in seconds.
+///
+/// envbuild reads a repository's `.cursor/environment.json` (Cursor's format), builds the system
+/// layer from its Dockerfile, runs its `install` command with the repository at `/workspace`,
+/// and stores the resulting root filesystem as an immutable, deduplicated snapshot named by its
+/// hash. A cache key computed from every build input maps to the snapshot, so an unchanged
+/// repository never rebuilds.
+///
+/// Start with `envbuild init` in a repository, check the file with `envbuild validate`.
+#[derive(Debug, Parser)]
+#[command(name = "envbuild", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    #[command(flatten)]
+    pub global: GlobalArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// More log output on stderr (-v: debug, -vv: trace). `RUST_LOG` overrides it.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// The snapshot store: a directory, `file://PATH`, `s3://BUCKET/PREFIX` or `http(s)://HOST:PORT` (`envbuild serve`, token in `ENVBUILD_TOKEN`). Default:
+    /// `~/.cache/envbuild`. S3 settings come from the AWS environment (`AWS_REGION`,
+    /// `AWS_ENDPOINT_URL`, credentials).
+    #[arg(long, global = true, env = env::STORE, value_name = "LOCATION")]
+    pub store: Option<String>,
+    /// Use an S3 server that ignores `If-None-Match` (racing writers could overwrite each other).
+    #[arg(long, global = true, env = env::ALLOW_UNCONDITIONAL)]
+    pub allow_unconditional_writes: bool,
+    /// Chunks transferred, compressed or checked at once. Default: twice the number of cores.
+    #[arg(short = 'j', long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub jobs: Option<u16>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check an environment.json and report every problem at once.
+    ///
+    /// Each problem is printed as `PATH:LINE:COL: JSON.path: message`, with a `hint:` line when
+    /// the fix is clear. Besides the format itself, it checks that `build` or `snapshot` is set,
+    /// that the Dockerfile exists and, like the build context, stays inside the repository,
+    /// that terminal names are unique, and that ports are in range and not repeated.
+    ///
+    /// Exit status: 0 when valid (warnings allowed), 1 when invalid, 2 on a usage error.
+    #[command(
+        after_help = "Examples:\n  envbuild validate\n  envbuild validate path/to/repo/.cursor/environment.json --json"
+    )]
+    Validate(ValidateArgs),
+    /// Print the JSON Schema of environment.json, for editors.
+    ///
+    /// Save it and point your editor at it, or reference it from the file itself:
+    /// `envbuild schema > .cursor/environment.schema.json` and `"$schema": "./environment.schema.json"`.
+    Schema,
+    /// Store a root filesystem tar as a snapshot; prints its id as the last line of stdout.
+    ///
+    /// The tar (a file, or `-` for stdin, such as `docker export CONTAINER | envbuild import -`)
+    /// is cut into content-defined chunks; chunks the store already has are not stored again.
+    /// Input not in canonical order (`tar --sort=name` order) is put in that order first. The id
+    /// is the sha256 of the snapshot's manifest, so importing the same stream twice gives the
+    /// same id. Progress and statistics go to stderr.
+    #[command(
+        after_help = "Examples:\n  envbuild import rootfs.tar\n  docker export my-container | envbuild import -"
+    )]
+    Import(ImportArgs),
+    /// Restore a snapshot: a directory (`--to`), the tar stream (`--tar`), a Docker image, an OCI layout or an ext4 disk image.
+    ///
+    /// Every chunk is re-hashed before a byte of it is written. `--to DIR` extracts into a
+    /// temporary sibling of DIR and renames it into place only when everything is written, so a
+    /// failure leaves nothing at DIR; DIR must not exist or be empty. Extraction never writes
+    /// outside DIR and never follows a symlink. Owners and device nodes are restored when
+    /// running as root. `--tar` writes the exact bytes that were imported (when the input was in
+    /// canonical order).
+    #[command(
+        after_help = "Examples:\n  envbuild fetch sha256:3f2a... --to ./rootfs\n  envbuild fetch 3f2a1b --tar - | tar tv"
+    )]
+    Fetch(FetchArgs),
+    /// List the snapshots in the store, newest first.
+    Ls(LsArgs),
+    /// Show a snapshot's manifest: sizes, chunks, entries, image config, build inputs.
+    Inspect(InspectArgs),
+    /// Show the files added, removed and changed between two snapshots.
+    Diff(DiffArgs),
+    /// Check that snapshots are whole; exit 1 naming any damage.
+    ///
+    /// Always checks each manifest and that every chunk it lists exists with the recorded
+    /// size. `--read-data` also downloads, decompresses and re-hashes every chunk. Without ids,
+    /// checks every snapshot, key record and ref.
+    Verify(VerifyArgs),
+    /// Remove chunks no snapshot references, older than the grace period.
+    ///
+    /// Snapshots are never removed. gc does not run while another process writes to the store
+    /// (it says which), and never removes anything younger than `--grace`, so an import in
+    /// progress elsewhere is never cut short.
+    Gc(GcArgs),
+    /// Build the environment of a repository, or find it already built.
+    ///
+    /// Reads `.cursor/environment.json`, computes the system key (Dockerfile, build context,
+    /// base image ids, user) and the env key (system key, install command, the files git
+    /// tracks, install's environment). If the env key is in the store, prints its snapshot id
+    /// and stops: no build, no container. Otherwise builds the system image from the
+    /// Dockerfile (reused when only the env key changed), runs `install` with `sh -c` as
+    /// `user` with the repository at /workspace, streams the container's file system into the
+    /// store, and records the key. The snapshot id is the last line of stdout.
+    #[command(
+        after_help = "Examples:\n  envbuild build\n  envbuild build --repo path/to/repo --check-idempotent --json\n  ENVBUILD_STORE=s3://bucket/envbuild envbuild build"
+    )]
+    Build(BuildArgs),
+    /// Print both cache keys and every input with its hash, without building.
+    Key(KeyArgs),
+    /// Name the inputs that differ between two builds (keys or snapshot ids).
+    Explain(ExplainArgs),
+    /// Boot a snapshot into a running environment: install, start, then the terminals.
+    ///
+    /// Makes sure the snapshot is a Docker image (imported once, labelled with its id, its OCI
+    /// configuration restored), creates a container named NAME with the repository at
+    /// /workspace (when --repo is given) and the scoped boot secrets as environment variables,
+    /// runs `install` (with its secrets), then `start`, then each terminal as a named,
+    /// long-running process (in one tmux session when the image has tmux). Reports each step's
+    /// time. The environment keeps running until `envbuild stop NAME`.
+    #[command(
+        after_help = "Examples:\n  envbuild boot sha256:3f2a... --name agent-1 --repo .\n  envbuild boot --key sha256:0d19... --scope team:core\n  envbuild logs agent-1 web -f"
+    )]
+    Boot(BootArgs),
+    /// List booted environments.
+    Ps(PsArgs),
+    /// Show the output of an environment's terminals (and of `start`), redacted.
+    Logs(LogsArgs),
+    /// Stop an environment and remove its container.
+    Stop(StopArgs),
+    /// Store, list and remove secrets (encrypted at rest, injected as environment variables).
+    ///
+    /// Values are encrypted with a fresh data key per version (AES-256-GCM), wrapped by AWS KMS
+    /// (`--kms-key-id` or ENVBUILD_KMS_KEY_ID) or by the local master key file
+    /// (~/.config/envbuild/master.key, created with mode 0600). Name, scope and version are bound
+    /// into the encryption, so a secret cannot be replayed elsewhere. Redacted secrets (the
+    /// default) never appear in envbuild's output, logs or snapshots.
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
+    /// Copy a snapshot and its key records to another store, sending only what it lacks.
+    ///
+    /// Chunks go first, then the manifest, then the key records, so an interrupted push leaves
+    /// no visible snapshot and a second push resumes where it stopped. Every chunk is re-hashed
+    /// on the way.
+    #[command(after_help = "Example:\n  envbuild push sha256:3f2a... --to s3://my-bucket/envbuild")]
+    Push(PushArgs),
+    /// Copy a snapshot and its key records from another store into this one.
+    #[command(after_help = "Example:\n  envbuild pull sha256:3f2a... --from s3://my-bucket/envbuild")]
+    Pull(PullArgs),
+    /// Serve the store over HTTP: the snapshot cache for orchestrators and CI, and a browser.
+    ///
+    /// A stateless service over `--store` (any store: a directory, S3, even another server), so
+    /// replicas can run side by side behind a load balancer. `/v1` is the API
+    /// (`/v1/openapi.json` describes it): orchestrators resolve keys, fetch manifests, chunks or
+    /// a snapshot's whole tar stream; CI pushes with `--store http://HOST:PORT` and a write
+    /// token. Writes are checked like any store's: a chunk must hash to its digest, a manifest
+    /// comes after its chunks. `/` is a snapshot browser (HTML, no script), `/metrics`
+    /// Prometheus metrics, `/healthz` a health check; those two need no token.
+    ///
+    /// Every other request needs a token from `--tokens` (see `envbuild token new`):
+    /// `Authorization: Bearer <token>`, or in a browser any user name and the token as the
+    /// password. The address listened on is printed on stdout; errors are logged on stderr,
+    /// and with `-v` every request (method, path, status, time, request id). SIGINT or SIGTERM
+    /// stop it gracefully. Serve plain HTTP on a trusted network, or put a TLS proxy in front.
+    #[command(
+        after_help = "Examples:\n  envbuild token new --role write --tokens tokens.txt > ci.token\n  envbuild serve --listen 0.0.0.0:7878 --store s3://bucket/envbuild --tokens tokens.txt\n  ENVBUILD_TOKEN=$(cat ci.token) envbuild push sha256:3f2a... --to http://cache:7878"
+    )]
+    Serve(ServeArgs),
+    /// Manage the tokens of `envbuild serve`.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Write a commented starter `.cursor/environment.json` and `.cursor/Dockerfile`.
+    ///
+    /// The install command is guessed from the lock files in the repository (npm, pnpm, yarn,
+    /// pip, cargo, go). Existing files are never overwritten: if either file exists, nothing is
+    /// written.
+    Init(InitArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// The config to check.
+    #[arg(default_value = envbuild_schema::DEFAULT_CONFIG_PATH, value_name = "PATH")]
+    pub path: PathBuf,
+    /// Repository root that paths must stay inside. Default: the parent of `.cursor/`, else the
+    /// nearest folder with `.git`, else the folder of the file.
+    #[arg(long, value_name = "DIR")]
+    pub repo: Option<PathBuf>,
+    /// Print the diagnostics as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The tar file, or `-` for stdin.
+    #[arg(value_name = "TAR|-")]
+    pub input: String,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("destination").required(true).args(["to", "tar", "docker", "oci", "ext4"])))]
+pub struct FetchArgs {
+    /// The snapshot: its id, a unique prefix of at least 6 hex digits, or a ref name.
+    pub snapshot: String,
+    /// Extract into this directory (must not exist, or be empty).
+    #[arg(long, value_name = "DIR")]
+    pub to: Option<PathBuf>,
+    /// Write the tar stream to this file, or `-` for stdout.
+    #[arg(long, value_name = "FILE|-")]
+    pub tar: Option<String>,
+    /// Load it into the Docker engine as this image, with its OCI configuration restored.
+    #[arg(long, value_name = "REPO:TAG")]
+    pub docker: Option<String>,
+    /// Write an OCI image layout directory (loadable by skopeo, podman, containerd).
+    #[arg(long, value_name = "DIR")]
+    pub oci: Option<PathBuf>,
+    /// The reference name of the image in the OCI layout.
+    #[arg(long, value_name = "NAME", default_value = "latest", requires = "oci")]
+    pub oci_ref: String,
+    /// Write an ext4 disk image of the root file system, for microVMs such as Firecracker.
+    #[arg(long, value_name = "FILE")]
+    pub ext4: Option<PathBuf>,
+    /// Free space to leave in the ext4 image, in percent of what the files need.
+    #[arg(long, value_name = "PERCENT", default_value = "20", requires = "ext4")]
+    pub headroom: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The snapshot: its id, a unique prefix, or a ref name.
+    pub snapshot: String,
+    /// Print the whole manifest as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The old snapshot.
+    pub old: String,
+    /// The new snapshot.
+    pub new: String,
+    /// Count a changed modification time alone as a change.
+    #[arg(long)]
+    pub mtime: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Snapshots to check (ids, prefixes or refs). Default: everything in the store.
+    pub snapshots: Vec<String>,
+    /// Also download, decompress and re-hash every chunk.
+    #[arg(long)]
+    pub read_data: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Say what would be removed, and remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Keep unreferenced objects younger than this (`30m`, `2h`, `7days`).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub grace: std::time::Duration,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Where the repository is and what feeds its keys.
+#[derive(Debug, Clone, Args)]
+pub struct RepoArgs {
+    /// The repository (the folder holding `.cursor/environment.json`).
+    #[arg(long, value_name = "DIR", default_value = ".", env = env::REPO)]
+    pub repo: PathBuf,
+    /// Narrow the install inputs (default: every file git tracks) to paths matching GLOB.
+    #[arg(long, value_name = "GLOB")]
+    pub input: Vec<String>,
+    /// An environment variable for install, part of the env key.
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub env: Vec<String>,
+    /// A Dockerfile build arg, part of the system key.
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub build_arg: Vec<String>,
+    /// Network for the build and install.
+    #[arg(long, value_enum, default_value = "host")]
+    pub network: NetworkArg,
+    /// Secret scopes whose secrets apply (repeatable): `workspace`, `team:NAME`, `PREFIX*`.
+    #[arg(long = "scope", value_name = "SCOPE", default_value = "workspace")]
+    pub scopes: Vec<envbuild_secrets::Scope>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum NetworkArg {
+    /// The host's network.
+    Host,
+    /// No network.
+    None,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// Build even if the key is stored (the key record then points at the new snapshot).
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Run install a second time on the result and report what it changed.
+    #[arg(long)]
+    pub check_idempotent: bool,
+    /// With --check-idempotent, a non-idempotent install is an error (exit 1).
+    #[arg(long, requires = "check_idempotent")]
+    pub strict: bool,
+    /// Print a JSON report (id, keys, hit or miss, timings, sizes) instead of the id.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct KeyArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// Print JSON: `system_key`, `env_key` and the inputs.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// A key (`sha256:...`), a snapshot id, a unique prefix or a ref.
+    pub a: String,
+    /// Another.
+    pub b: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["snapshot", "key"])))]
+pub struct BootArgs {
+    /// The snapshot: its id, a unique prefix or a ref name.
+    pub snapshot: Option<String>,
+    /// Boot the snapshot this cache key (an env key) points at.
+    #[arg(long, value_name = "KEY")]
+    pub key: Option<String>,
+    /// Copy this repository's tracked files to /workspace and use its environment.json
+    /// (default: the snapshot's own /workspace and config).
+    #[arg(long, value_name = "DIR")]
+    pub repo: Option<PathBuf>,
+    /// The environment's name (default: envbuild-<snapshot id prefix>).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Secret scopes whose secrets apply (repeatable).
+    #[arg(long = "scope", value_name = "SCOPE", default_value = "workspace")]
+    pub scopes: Vec<envbuild_secrets::Scope>,
+    /// Network of the environment.
+    #[arg(long, value_enum, default_value = "host")]
+    pub network: NetworkArg,
+    /// How long to wait for `start` to finish before leaving it running in the background.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub start_wait: std::time::Duration,
+    /// Print a JSON report on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The environment.
+    pub name: String,
+    /// A terminal's name, or `start`; default: all.
+    pub terminal: Option<String>,
+    /// Keep printing as output arrives.
+    #[arg(short, long)]
+    pub follow: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    /// The environment.
+    pub name: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretsCommand {
+    /// Store a new version of a secret; the value is read from stdin.
+    #[command(
+        after_help = "Examples:\n  printf %s \"$NPM_TOKEN\" | envbuild secrets set NPM_TOKEN --when install\n  envbuild secrets set DATABASE_URL --scope team:core < url.txt\n  envbuild secrets set NEXTJS_API_KEY --scope 'NEXTJS_*' < key.txt"
+    )]
+    Set(SecretSetArgs),
+    /// List secrets: names, scopes, versions and dates, never values.
+    Ls(SecretLsArgs),
+    /// Remove a secret.
+    Rm(SecretRmArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SecretSetArgs {
+    /// The environment variable name.
+    pub name: String,
+    /// `workspace`, `team:NAME`, or a name prefix ending in `*` for one service of a monorepo.
+    #[arg(long, default_value = "workspace")]
+    pub scope: envbuild_secrets::Scope,
+    /// When the value reaches the environment: at boot (start and terminals), in install only,
+    /// or both.
+    #[arg(long, value_enum, default_value = "boot")]
+    pub when: WhenArg,
+    /// Do not mask the value in output (for values shorter than 8 bytes, which cannot be masked).
+    #[arg(long)]
+    pub no_redact: bool,
+    /// Encrypt with this AWS KMS key (id, ARN or alias) instead of the local master key.
+    #[arg(long, env = env::KMS_KEY_ID, value_name = "KEY")]
+    pub kms_key_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum WhenArg {
+    Boot,
+    Install,
+    Both,
+}
+
+#[derive(Debug, Args)]
+pub struct SecretLsArgs {
+    /// Only these scopes (repeatable); default: all.
+    #[arg(long = "scope", value_name = "SCOPE")]
+    pub scopes: Vec<envbuild_secrets::Scope>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SecretRmArgs {
+    pub name: String,
+    #[arg(long, default_value = "workspace")]
+    pub scope: envbuild_secrets::Scope,
+}
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// The snapshot in this store: its id, a unique prefix, or a ref name.
+    pub snapshot: String,
+    /// The destination store.
+    #[arg(long, value_name = "LOCATION")]
+    pub to: String,
+    /// Print a JSON report on stdout instead of the id.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// The snapshot in the source store: its id, a unique prefix, or a ref name.
+    pub snapshot: String,
+    /// The source store.
+    #[arg(long, value_name = "LOCATION")]
+    pub from: String,
+    /// Print a JSON report on stdout instead of the id.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The address to listen on (`127.0.0.1:0` picks a free port).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7878")]
+    pub listen: std::net::SocketAddr,
+    /// The tokens file (hashes and roles; see `envbuild token new`). Re-read when it changes.
+    #[arg(long, value_name = "FILE", env = env::TOKENS)]
+    pub tokens: PathBuf,
+    /// Largest manifest accepted, in bytes (`128M`).
+    #[arg(long, value_name = "SIZE", default_value = "128M")]
+    pub max_manifest: String,
+    /// Largest other object accepted (secrets, leases...), in bytes.
+    #[arg(long, value_name = "SIZE", default_value = "16M")]
+    pub max_object: String,
+    /// Memory for cached manifests.
+    #[arg(long, value_name = "SIZE", default_value = "256M")]
+    pub manifest_cache: String,
+    /// How long requests in flight may take to finish after SIGINT or SIGTERM.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: std::time::Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token, add its hash to the tokens file, and print the token on stdout.
+    ///
+    /// The file (created with mode 0600 when missing) keeps only the token's sha256 and its
+    /// role, so it grants nothing if it leaks. The token is shown once: store it where its user
+    /// reads it (`ENVBUILD_TOKEN` for the envbuild CLI). Running servers pick it up within two
+    /// seconds.
+    #[command(
+        after_help = "Example:\n  envbuild token new --role read --tokens /etc/envbuild/tokens --label orchestrator > reader.token"
+    )]
+    New(TokenNewArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenNewArgs {
+    /// What the token may do: `read` (fetch, browse) or `write` (also push and delete).
+    #[arg(long, value_enum)]
+    pub role: RoleArg,
+    /// The tokens file of the server.
+    #[arg(long, value_name = "FILE", env = env::TOKENS)]
+    pub tokens: PathBuf,
+    /// A note kept beside the hash, to tell tokens apart.
+    #[arg(long)]
+    pub label: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum RoleArg {
+    /// GET and HEAD: fetch snapshots, resolve keys, browse.
+    Read,
+    /// Also PUT and DELETE: push snapshots and key records, collect garbage.
+    Write,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The repository to write into.
+    #[arg(long, value_name = "DIR", default_value = ".", env = env::REPO)]
+    pub repo: PathBuf,
+}

@@ -1,0 +1,36 @@
+//! `envbuild boot`: arguments to [`envbuild::boot::boot`], and its report printed.
+
+use std::process::ExitCode;
+
+use envbuild::boot::{self, BootOptions, Target};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{self, BootArgs, GlobalArgs, output};
+
+pub async fn run(
+    global: &GlobalArgs,
+    args: &BootArgs,
+    cancel: &CancellationToken,
+) -> anyhow::Result<ExitCode> {
+    let session = cli::session(global, cancel).await?;
+    let target = match (&args.snapshot, &args.key) {
+        (Some(query), _) => Target::Snapshot(query.clone()),
+        (None, Some(key)) => Target::Key(key.parse()?),
+        (None, None) => anyhow::bail!("give a snapshot id or --key"),
+    };
+    let options = BootOptions {
+        target,
+        repo: args.repo.clone(),
+        name: args.name.clone(),
+        scopes: args.scopes.clone(),
+        network: args.network.into(),
+        start_wait: args.start_wait,
+    };
+    let report = boot::boot(&session, &options).await?;
+    if args.json {
+        output::json(&report)?;
+    } else {
+        output::line(&report.name)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,50 @@
+//! `envbuild gc`: remove unreferenced chunks older than the grace period.
+
+use std::process::ExitCode;
+
+use envbuild_cache::gc::{self, GcOptions};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{self, GcArgs, GlobalArgs, output, ui};
+use envbuild::format;
+
+pub async fn run(global: &GlobalArgs, args: &GcArgs, cancel: &CancellationToken) -> anyhow::Result<ExitCode> {
+    let session = cli::session(global, cancel).await?;
+    let store = session.store.clone();
+    let options = GcOptions { grace: args.grace, dry_run: args.dry_run, concurrency: session.jobs };
+    let report = gc::gc(&store, options).await?;
+    if args.json {
+        output::json(&serde_json::json!({
+            "dry_run": args.dry_run,
+            "snapshots": report.snapshots,
+            "chunks": report.chunks,
+            "reachable_chunks": report.reachable_chunks,
+            "removed_chunks": report.removed_chunks,
+            "removed_bytes": report.removed_bytes,
+            "young_chunks": report.young_chunks,
+            "removed_leases": report.removed_leases,
+            "removed_uploads": report.removed_uploads,
+        }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let verb = if args.dry_run { "would remove" } else { "removed" };
+    ui::eprint_line(format!(
+        "{}: {} snapshots reference {} of {} chunks; {verb} {} unreferenced chunks ({}); kept {} younger than {}",
+        store.location(),
+        report.snapshots,
+        report.reachable_chunks,
+        report.chunks,
+        report.removed_chunks,
+        format::bytes(report.removed_bytes),
+        report.young_chunks,
+        humantime::format_duration(args.grace),
+    ));
+    if report.removed_leases > 0 || report.removed_uploads > 0 {
+        ui::eprint_line(format!(
+            "  {verb} {} stale leases and {} abandoned uploads",
+            report.removed_leases, report.removed_uploads
+        ));
+    }
+    Ok(ExitCode::SUCCESS)
+}

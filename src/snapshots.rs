@@ -1,0 +1,104 @@
+//! Snapshots as a store holds them: importing a root file system tar, listing what is stored,
+//! restoring one into a directory. Thin on purpose: the work is `envbuild_cache`'s; this adds
+//! the session's progress and concurrency.
+
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use envbuild_cache::extract::ExtractOptions;
+use envbuild_cache::extract::ExtractReport;
+use envbuild_cache::ingest::{self, IngestOptions, IngestReport, Progress};
+use envbuild_cache::manifest::Manifest;
+use envbuild_cache::restore;
+use envbuild_cache::{SnapshotId, catalog};
+use futures::{StreamExt, TryStreamExt};
+use serde::Serialize;
+
+use crate::error::{Result, ResultExt};
+use crate::session::Session;
+
+/// Stores the root file system tar `input` (of `size` bytes when known) as a snapshot.
+pub async fn import(
+    session: &Session,
+    input: Box<dyn Read + Send>,
+    size: Option<u64>,
+) -> Result<IngestReport> {
+    let counters = Arc::new(Progress::default());
+    if let Some(size) = size {
+        counters.total.store(size, std::sync::atomic::Ordering::Relaxed);
+    }
+    let options = IngestOptions { concurrency: session.jobs, ..IngestOptions::default() };
+    let _bar = session.reporter.progress("importing", &counters);
+    Ok(ingest::ingest(session.store.clone(), input, options, counters).await?)
+}
+
+/// One stored snapshot, as `ls` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Listed {
+    pub id: SnapshotId,
+    pub size: u64,
+    /// Stored bytes of its distinct chunks.
+    pub stored: u64,
+    pub entries: usize,
+    pub chunks: usize,
+    /// When its manifest was stored.
+    #[serde(with = "rfc3339")]
+    pub created: SystemTime,
+}
+
+mod rfc3339 {
+    use std::time::SystemTime;
+
+    pub(super) fn serialize<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_seconds(*t))
+    }
+}
+
+/// Every snapshot in the store, newest first.
+pub async fn list(session: &Session) -> Result<Vec<Listed>> {
+    let store = &session.store;
+    let snapshots = catalog::list_snapshots(&**store).await?;
+    let mut rows: Vec<Listed> = futures::stream::iter(snapshots)
+        .map(|(id, meta)| {
+            let store = store.clone();
+            async move {
+                let manifest = restore::read_manifest(&*store, &id).await?;
+                Ok::<_, crate::Error>(Listed {
+                    id,
+                    size: manifest.size,
+                    stored: manifest.unique_chunks().iter().map(|c| c.stored_size).sum(),
+                    entries: manifest.toc.len(),
+                    chunks: manifest.chunks.len(),
+                    created: meta.last_modified,
+                })
+            }
+        })
+        .buffered(session.jobs)
+        .try_collect()
+        .await?;
+    rows.sort_by(|a, b| b.created.cmp(&a.created));
+    Ok(rows)
+}
+
+/// Restores a snapshot into the directory `dir` (created atomically).
+pub async fn fetch_to_dir(
+    session: &Session,
+    id: &SnapshotId,
+    manifest: &Manifest,
+    dir: &Path,
+) -> Result<ExtractReport> {
+    let counters = Arc::new(Progress::default());
+    let _bar = session.reporter.progress("fetching", &counters);
+    restore::fetch_to_dir(
+        session.store.clone(),
+        manifest,
+        dir,
+        ExtractOptions::default(),
+        session.jobs,
+        counters,
+    )
+    .await
+    .with_context(|| format!("cannot restore snapshot {id} into `{}`", dir.display()))
+}
