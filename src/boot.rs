@@ -4,6 +4,7 @@
 //! the environment again.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -261,7 +262,7 @@ impl Environment<'_> {
             let tree = tokio::task::spawn_blocking(move || inputs::collect(&repo, &[]))
                 .await
                 .map_err(|e| Error::Failed(format!("reading the repository stopped: {e}")))??;
-            detail.push_str(&format!("; {} repository files at /workspace", tree.entries.len()));
+            let _ = write!(detail, "; {} repository files at /workspace", tree.entries.len());
             files = Some(tree.tar_stream("workspace/".to_owned(), (user.uid, user.gid)));
         }
         boot::populate_and_start(engine, &container, files).await?;

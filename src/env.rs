@@ -43,7 +43,8 @@ pub fn cache_home() -> PathBuf {
 
 /// The local master key file: `$ENVBUILD_MASTER_KEY`, else `~/.config/envbuild/master.key`.
 pub fn master_key_path() -> PathBuf {
-    std::env::var_os(MASTER_KEY)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| base_dir("XDG_CONFIG_HOME", ".config").join("envbuild").join("master.key"))
+    std::env::var_os(MASTER_KEY).map_or_else(
+        || base_dir("XDG_CONFIG_HOME", ".config").join("envbuild").join("master.key"),
+        PathBuf::from,
+    )
 }

@@ -78,7 +78,7 @@ pub async fn list(session: &Session) -> Result<Vec<Listed>> {
         .buffered(session.jobs)
         .try_collect()
         .await?;
-    rows.sort_by(|a, b| b.created.cmp(&a.created));
+    rows.sort_by_key(|row| std::cmp::Reverse(row.created));
     Ok(rows)
 }
 

@@ -18,7 +18,7 @@ use crate::error::{BuildError, Result};
 use crate::tree::{self, FileSet};
 
 /// Where a Dockerfile from outside the context is placed in it.
-pub const OUTSIDE_DOCKERFILE: &str = ".envbuild.Dockerfile";
+pub(crate) const OUTSIDE_DOCKERFILE: &str = ".envbuild.Dockerfile";
 
 #[derive(Debug, Clone)]
 pub struct BuildContext {
@@ -29,7 +29,7 @@ pub struct BuildContext {
 
 /// Collects the context at `dir` for `dockerfile`, leaving out the config file `config`
 /// (absolute paths).
-pub fn collect(dir: &Path, dockerfile: &Path, config: &Path) -> Result<BuildContext> {
+pub(crate) fn collect(dir: &Path, dockerfile: &Path, config: &Path) -> Result<BuildContext> {
     let ignore_path = dir.join(".dockerignore");
     let ignore = match std::fs::read_to_string(&ignore_path) {
         Ok(text) => DockerIgnore::parse(&text, &ignore_path.display().to_string())?,

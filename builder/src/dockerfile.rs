@@ -10,12 +10,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// A base image reference, as written after substitution.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct BaseRef(pub String);
+pub(crate) struct BaseRef(pub String);
 
 impl BaseRef {
     /// The digest when the reference is pinned (`name@sha256:...`): no engine is needed to
     /// know what it is.
-    pub fn pinned_digest(&self) -> Option<&str> {
+    pub(crate) fn pinned_digest(&self) -> Option<&str> {
         self.0.split_once('@').map(|(_, digest)| digest).filter(|d| d.starts_with("sha256:"))
     }
 }
@@ -101,7 +101,7 @@ fn substitute(word: &str, args: &HashMap<String, String>) -> String {
 }
 
 /// The external images `text` builds on, sorted; `build_args` override `ARG` defaults.
-pub fn base_images(text: &str, build_args: &BTreeMap<String, String>) -> BTreeSet<BaseRef> {
+pub(crate) fn base_images(text: &str, build_args: &BTreeMap<String, String>) -> BTreeSet<BaseRef> {
     let mut args: HashMap<String, String> = HashMap::new();
     let mut stages: Vec<String> = Vec::new();
     let mut bases = BTreeSet::new();

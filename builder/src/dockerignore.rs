@@ -30,7 +30,7 @@ struct Pattern {
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct DockerIgnore {
+pub(crate) struct DockerIgnore {
     patterns: Vec<Pattern>,
 }
 
@@ -62,7 +62,7 @@ fn compile(glob: &str, what: &str) -> Result<GlobMatcher> {
 
 impl DockerIgnore {
     /// Parses `.dockerignore` text; `source` names the file in errors.
-    pub fn parse(text: &str, source: &str) -> Result<Self> {
+    pub(crate) fn parse(text: &str, source: &str) -> Result<Self> {
         let mut patterns = Vec::new();
         for (number, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -91,7 +91,7 @@ impl DockerIgnore {
     }
 
     /// Whether `path` (relative, `/`-separated) is left out of the context.
-    pub fn excludes(&self, path: &str) -> bool {
+    pub(crate) fn excludes(&self, path: &str) -> bool {
         let components = clean(path);
         // The path itself and each of its parents, shortest first.
         let prefixes: Vec<String> = (1..=components.len()).map(|n| components[..n].join("/")).collect();
@@ -106,7 +106,7 @@ impl DockerIgnore {
 
     /// Whether some exception could re-include something under directory `dir`, so a walk
     /// must still enter an excluded directory.
-    pub fn may_include_under(&self, dir: &str) -> bool {
+    pub(crate) fn may_include_under(&self, dir: &str) -> bool {
         let depth = clean(dir).len();
         self.patterns.iter().any(|p| p.negate && (p.depth > depth || p.has_globstar))
     }
@@ -114,12 +114,12 @@ impl DockerIgnore {
 
 /// A set of `--input` globs (`src/**`, `*.lock`), matched against whole relative paths.
 #[derive(Debug, Clone, Default)]
-pub struct Globs {
+pub(crate) struct Globs {
     matchers: Vec<GlobMatcher>,
 }
 
 impl Globs {
-    pub fn new(globs: &[String]) -> Result<Self> {
+    pub(crate) fn new(globs: &[String]) -> Result<Self> {
         let matchers = globs
             .iter()
             .map(|g| compile(&clean(g).join("/").replace('{', "\\{").replace('}', "\\}"), "the input glob"))
@@ -127,12 +127,12 @@ impl Globs {
         Ok(Self { matchers })
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.matchers.is_empty()
     }
 
     /// Whether any glob matches the whole `path`.
-    pub fn matches(&self, path: &str) -> bool {
+    pub(crate) fn matches(&self, path: &str) -> bool {
         let path = clean(path).join("/");
         self.matchers.iter().any(|m| m.is_match(&path))
     }
@@ -196,7 +196,7 @@ mod tests {
             let path = "a".repeat(200);
             let _ = tx.send((ignore.excludes(&path), glob_matches(pattern, &path)));
         });
-        let answer = rx.recv_timeout(Duration::from_secs(60)).expect("matching a hostile pattern hung");
+        let answer = rx.recv_timeout(Duration::from_mins(1)).expect("matching a hostile pattern hung");
         assert_eq!(answer, (false, false));
     }
 }

@@ -99,14 +99,14 @@ fn git_files(repo: &Path) -> Result<Option<Vec<FileEntry>>> {
 
 /// The id git gives a file's content: the hash of `blob <len>\0<content>`.
 fn blob_id(path: &Path, format: &str) -> Result<String> {
-    use sha2::Digest as _;
+    use sha1::Digest as _;
     let content = std::fs::read(path).map_err(BuildError::io(format!("cannot read `{}`", path.display())))?;
     let header = format!("blob {}\0", content.len());
     Ok(if format == "sha256" {
-        let mut h = sha2::Sha256::new();
+        let mut h = envbuild_schema::digest::Hasher::new();
         h.update(header.as_bytes());
         h.update(&content);
-        hex::encode(h.finalize())
+        h.finish().hex()
     } else {
         let mut h = sha1::Sha1::new();
         h.update(header.as_bytes());

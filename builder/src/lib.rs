@@ -14,13 +14,14 @@
 //! - [`plan`]: what a build reads and its keys, before any work; [`pipeline`]: the build
 //!   steps on the engine; [`cleanup`]: removing what they created, on every path.
 //! - [`boot`]: a booted environment: container, install, start, terminals, logs.
+//! - `testing` (feature `testing`): an engine double that records calls and plays back a script.
 
 pub mod boot;
 pub mod cleanup;
-pub mod context;
+mod context;
 pub mod docker;
-pub mod dockerfile;
-pub mod dockerignore;
+mod dockerfile;
+mod dockerignore;
 pub mod engine;
 pub mod error;
 pub mod inputs;
@@ -29,6 +30,8 @@ pub mod oci;
 pub mod passwd;
 pub mod pipeline;
 pub mod plan;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod tree;
 
 pub use error::{BuildError, Result};

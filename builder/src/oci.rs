@@ -7,11 +7,12 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::str::FromStr;
 
+use envbuild_schema::Digest;
+use envbuild_schema::digest::Hasher;
 use oci_spec::image::{
     Arch, Config, ConfigBuilder, Descriptor, ImageConfigurationBuilder, ImageIndexBuilder,
     ImageManifestBuilder, MediaType, Os, RootFsBuilder, Sha256Digest,
 };
-use sha2::Digest as _;
 
 use crate::error::{BuildError, Result};
 
@@ -88,7 +89,7 @@ fn oci_error(e: impl std::error::Error + Send + Sync + 'static) -> BuildError {
 
 /// Writes `bytes` as a blob; returns its descriptor parts (hex digest, size).
 fn write_blob(blobs: &Path, bytes: &[u8]) -> Result<(String, u64)> {
-    let hex = hex::encode(sha2::Sha256::digest(bytes));
+    let hex = Digest::of(bytes).hex();
     std::fs::write(blobs.join(&hex), bytes)
         .map_err(BuildError::io(format!("cannot write a blob in `{}`", blobs.display())))?;
     Ok((hex, bytes.len() as u64))
@@ -113,7 +114,7 @@ pub fn write_layout(
     // The layer, hashed as it is written.
     let mut layer =
         tempfile::NamedTempFile::new_in(&blobs).map_err(BuildError::io("cannot create the layer blob"))?;
-    let mut hasher = sha2::Sha256::new();
+    let mut hasher = Hasher::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut layer_size = 0u64;
     loop {
@@ -125,7 +126,7 @@ pub fn write_layout(
         layer.write_all(&buf[..n]).map_err(BuildError::io("cannot write the layer blob"))?;
         layer_size += n as u64;
     }
-    let layer_hex = hex::encode(hasher.finalize());
+    let layer_hex = hasher.finish().hex();
     layer
         .persist(blobs.join(&layer_hex))
         .map_err(|e| BuildError::io("cannot write the layer blob")(e.error))?;

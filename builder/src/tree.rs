@@ -178,19 +178,23 @@ impl Drop for ChannelWriter {
 
 /// sha256 of `text`, as `sha256:<hex>`.
 pub fn hash_text(text: &str) -> String {
-    use sha2::Digest as _;
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(text.as_bytes())))
+    envbuild_schema::Digest::of(text.as_bytes()).to_string()
 }
 
 /// sha256 of a file's content, as `sha256:<hex>`.
 pub fn hash_file(path: &Path) -> Result<String> {
-    use sha2::Digest as _;
-    let mut file =
-        std::fs::File::open(path).map_err(BuildError::io(format!("cannot read `{}`", path.display())))?;
-    let mut hasher = sha2::Sha256::new();
-    std::io::copy(&mut file, &mut hasher)
-        .map_err(BuildError::io(format!("cannot read `{}`", path.display())))?;
-    Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
+    let fail = || BuildError::io(format!("cannot read `{}`", path.display()));
+    let mut file = std::fs::File::open(path).map_err(fail())?;
+    let mut hasher = envbuild_schema::digest::Hasher::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut buf).map_err(fail())?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finish().to_string())
 }
 
 /// The entry for `path` (on disk at `source`): files are hashed, symlinks keep their target,

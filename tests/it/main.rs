@@ -13,3 +13,4 @@ mod s3;
 mod serve;
 mod store;
 mod validate;
+mod workflows;

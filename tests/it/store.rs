@@ -170,3 +170,42 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// Runs `envbuild ARGS` with its stdout a pipe whose reader is already gone, as in
+/// `envbuild ls | true`: the command must end quietly, with status 0, as `cat` does.
+fn with_closed_stdout(store: &Path, args: &[&str]) {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("envbuild"))
+        .env_remove("RUST_LOG")
+        .env("ENVBUILD_STORE", store)
+        .args(args)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "`envbuild {}` with a closed stdout: {stderr}", args.join(" "));
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("error"),
+        "`envbuild {}`: {stderr}",
+        args.join(" ")
+    );
+}
+
+#[test]
+fn a_closed_stdout_ends_commands_quietly() {
+    let work = tempfile::tempdir().unwrap();
+    let store = work.path().join("store");
+    let a = import(&store, sample_tar(1));
+    let b = import(&store, sample_tar(2));
+    with_closed_stdout(&store, &["ls"]);
+    with_closed_stdout(&store, &["ls", "--json"]);
+    with_closed_stdout(&store, &["inspect", &a]);
+    with_closed_stdout(&store, &["diff", "--json", &a, &b]);
+    with_closed_stdout(&store, &["fetch", &a, "--tar", "-"]);
+    // `key` of a repository whose base needs no engine (`FROM scratch`).
+    let repo = crate::build::repo("basic");
+    with_closed_stdout(&store, &["key", "--repo", repo.path().to_str().unwrap()]);
+    with_closed_stdout(&store, &["key", "--json", "--repo", repo.path().to_str().unwrap()]);
+}

@@ -91,6 +91,7 @@ async fn open_s3(location: &str, options: &OpenOptions) -> Result<Arc<dyn Store>
 }
 
 #[cfg(not(feature = "s3"))]
+#[allow(clippy::unused_async)] // the same signature as the real one
 async fn open_s3(location: &str, _options: &OpenOptions) -> Result<Arc<dyn Store>, StoreError> {
     Err(StoreError::Unusable {
         store: location.to_owned(),

@@ -15,3 +15,32 @@ async fn local_store_conforms() {
 async fn memory_store_conforms() {
     conformance::run_all(Arc::new(MemoryStore::new()), Options::default()).await;
 }
+
+/// Decorators keep every guarantee of the store they wrap.
+#[tokio::test(flavor = "multi_thread")]
+async fn retrying_memory_store_conforms() {
+    use envbuild_cache::store::retry::{RetryPolicy, Retrying};
+    let store = Retrying::new(MemoryStore::new(), RetryPolicy::default());
+    conformance::run_all(Arc::new(store), Options::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cached_memory_store_conforms() {
+    use envbuild_cache::store::cached::Cached;
+    let cache = tempfile::tempdir().unwrap();
+    let store = Cached::new(MemoryStore::new(), cache.path().to_path_buf(), 64 << 20);
+    conformance::run_all(Arc::new(store), Options::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cached_retrying_memory_store_conforms() {
+    use envbuild_cache::store::cached::Cached;
+    use envbuild_cache::store::retry::{RetryPolicy, Retrying};
+    let cache = tempfile::tempdir().unwrap();
+    let store = Cached::new(
+        Retrying::new(MemoryStore::new(), RetryPolicy::default()),
+        cache.path().to_path_buf(),
+        64 << 20,
+    );
+    conformance::run_all(Arc::new(store), Options::default()).await;
+}

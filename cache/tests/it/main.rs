@@ -10,6 +10,7 @@ mod leaks;
 mod order;
 mod read_file;
 mod roundtrip;
+#[cfg(feature = "s3")]
 mod s3;
 mod transfer;
 

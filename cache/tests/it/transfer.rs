@@ -13,6 +13,7 @@ use envbuild_cache::store::retry::{RetryPolicy, Retrying};
 use envbuild_cache::testing::{RawEntry, write_tar};
 use envbuild_cache::{Digest, SnapshotId, Store, layout, restore, transfer, verify};
 
+#[cfg(feature = "s3")]
 use super::s3::{fresh_store, server};
 use super::{fetch_bytes, import, noise};
 
@@ -87,12 +88,14 @@ async fn push_and_pull_between_memory_stores() {
     push_and_pull_through(Arc::new(MemoryStore::new())).await;
 }
 
+#[cfg(feature = "s3")]
 #[tokio::test(flavor = "multi_thread")]
 async fn push_and_pull_through_moto() {
     let Some(endpoint) = server("ENVBUILD_TEST_MOTO") else { return };
     push_and_pull_through(Arc::new(Retrying::new(fresh_store(&endpoint).await, quick(8)))).await;
 }
 
+#[cfg(feature = "s3")]
 #[tokio::test(flavor = "multi_thread")]
 async fn push_and_pull_through_s3s_fs() {
     let Some(endpoint) = server("ENVBUILD_TEST_S3S") else { return };
@@ -132,6 +135,7 @@ async fn push_and_pull_survive_thirty_percent_server_errors() {
     }
 }
 
+#[cfg(feature = "s3")]
 #[tokio::test(flavor = "multi_thread")]
 async fn push_and_pull_survive_faults_against_moto() {
     let Some(endpoint) = server("ENVBUILD_TEST_MOTO") else { return };
@@ -152,6 +156,7 @@ async fn exhausted_retries_are_a_clear_error_and_publish_nothing() {
     assert!(remote.head(&layout::snapshot(&report.id)).await.unwrap().is_none(), "nothing may be published");
 }
 
+#[cfg(feature = "s3")]
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_pushes_both_succeed_and_store_one_copy() {
     let Some(endpoint) = server("ENVBUILD_TEST_MOTO") else { return };
