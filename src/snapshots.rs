@@ -19,6 +19,13 @@ use serde::Serialize;
 use crate::error::{Result, ResultExt};
 use crate::session::Session;
 
+/// The snapshot `query` names (an id, a unique prefix or a ref) and its manifest, verified.
+pub async fn find(store: &dyn envbuild_cache::Store, query: &str) -> Result<(SnapshotId, Manifest)> {
+    let id = catalog::resolve(store, query).await?;
+    let manifest = restore::read_manifest(store, &id).await?;
+    Ok((id, manifest))
+}
+
 /// Stores the root file system tar `input` (of `size` bytes when known) as a snapshot.
 pub async fn import(
     session: &Session,

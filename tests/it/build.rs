@@ -113,11 +113,6 @@ async fn a_second_build_is_a_hit_with_no_engine_calls() {
     let second = json(&out);
     assert_eq!(second["hit"], true);
     assert_eq!(second["id"], first["id"]);
-    assert!(
-        second["timings"]["total"].as_f64().unwrap() < 1.0,
-        "a warm hit took {}",
-        second["timings"]["total"]
-    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use envbuild_cache::{catalog, diff, restore};
+use envbuild_cache::diff;
 
 use tokio_util::sync::CancellationToken;
 
@@ -16,10 +16,8 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     let session = cli::session(global, cancel).await?;
     let store = session.store.clone();
-    let old_id = catalog::resolve(&*store, &args.old).await?;
-    let new_id = catalog::resolve(&*store, &args.new).await?;
-    let old = restore::read_manifest(&*store, &old_id).await?;
-    let new = restore::read_manifest(&*store, &new_id).await?;
+    let (old_id, old) = envbuild::snapshots::find(&*store, &args.old).await?;
+    let (new_id, new) = envbuild::snapshots::find(&*store, &args.new).await?;
     let d = diff::diff(&old, &new, args.mtime);
     if args.json {
         output::json(&serde_json::json!({ "old": old_id, "new": new_id, "diff": d }))?;

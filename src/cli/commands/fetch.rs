@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::Context;
 use envbuild::{export, format, snapshots};
 use envbuild_cache::ingest::Progress;
-use envbuild_cache::{catalog, restore};
+use envbuild_cache::restore;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{self, FetchArgs, GlobalArgs, output, ui};
@@ -19,8 +19,7 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     let session = cli::session(global, cancel).await?;
     let store = session.store.clone();
-    let id = catalog::resolve(&*store, &args.snapshot).await?;
-    let manifest = restore::read_manifest(&*store, &id).await?;
+    let (id, manifest) = envbuild::snapshots::find(&*store, &args.snapshot).await?;
     let started = Instant::now();
     if let Some(repo_tag) = &args.docker {
         let image = export::to_docker(&session, &id, &manifest, repo_tag).await?;

@@ -3,8 +3,6 @@
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
-use envbuild_cache::{catalog, restore};
-
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{self, GlobalArgs, InspectArgs, output};
@@ -17,8 +15,7 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     let session = cli::session(global, cancel).await?;
     let store = session.store.clone();
-    let id = catalog::resolve(&*store, &args.snapshot).await?;
-    let manifest = restore::read_manifest(&*store, &id).await?;
+    let (id, manifest) = envbuild::snapshots::find(&*store, &args.snapshot).await?;
     if args.json {
         output::json(&serde_json::json!({ "id": id, "manifest": manifest }))?;
         return Ok(ExitCode::SUCCESS);
