@@ -77,6 +77,7 @@ impl<S: Store> FaultyStore<S> {
             operation,
             path: path.to_owned(),
             message: format!("injected fault: {message}"),
+            source: None,
             retryable: true,
         }
     }

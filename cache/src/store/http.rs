@@ -162,6 +162,7 @@ impl HttpStore {
             operation,
             path: path.to_owned(),
             message: format!("{what}: {cause}"),
+            source: None,
             retryable: true,
         }
     }
@@ -196,6 +197,7 @@ impl HttpStore {
                 operation,
                 path: path.to_owned(),
                 message,
+                source: None,
                 retryable: status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS,
             },
         }
@@ -342,7 +344,8 @@ impl Store for HttpStore {
             store: self.location(),
             operation: "list",
             path: prefix.to_owned(),
-            message: format!("the server's listing is not valid: {e}"),
+            message: "the server's listing is not valid".to_owned(),
+            source: Some(Box::new(e)),
             retryable: false,
         })?;
         listing

@@ -272,7 +272,8 @@ async fn blocking<T: Send + 'static>(
             store: location,
             operation: "run",
             path: String::new(),
-            message: format!("the worker thread failed: {join}"),
+            message: "the worker thread failed".to_owned(),
+            source: Some(Box::new(join)),
             retryable: false,
         })
     })

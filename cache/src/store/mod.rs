@@ -101,12 +101,16 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// The backend failed; `message` says how, and the client's own error, when there is
+    /// one, is the source.
     #[error("{store}: cannot {operation} `{path}`: {message}")]
     Backend {
         store: String,
         operation: &'static str,
         path: String,
         message: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
         /// Whether trying again may succeed (a 5xx, a timeout, a throttle).
         retryable: bool,
     },

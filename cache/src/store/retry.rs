@@ -82,6 +82,7 @@ impl<S: Store> Retrying<S> {
                     operation,
                     path: path.to_owned(),
                     message: format!("no answer within {:?}", self.policy.attempt_timeout),
+                    source: None,
                     retryable: true,
                 },
             };
@@ -90,7 +91,8 @@ impl<S: Store> Retrying<S> {
                     store: self.inner.location(),
                     operation,
                     path: path.to_owned(),
-                    message: format!("gave up after {tries} attempts; the last failed with: {error}"),
+                    message: format!("gave up after {tries} attempts; the last failed"),
+                    source: Some(Box::new(error)),
                     retryable: false,
                 });
             }

@@ -200,18 +200,21 @@ impl S3Store {
         &self,
         operation: &'static str,
         path: &str,
-        err: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+        err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
     ) -> StoreError {
-        let code = err.as_service_error().and_then(ProvideErrorMetadata::code).unwrap_or_default();
-        let retryable = match err {
+        let code = err.as_service_error().and_then(ProvideErrorMetadata::code).unwrap_or_default().to_owned();
+        let retryable = match &err {
             SdkError::ServiceError(_) => {
-                matches!(status(err), Some(408 | 409 | 429 | 500..=599))
-                    || matches!(code, "SlowDown" | "RequestTimeout" | "InternalError" | "ServiceUnavailable")
+                matches!(status(&err), Some(408 | 409 | 429 | 500..=599))
+                    || matches!(
+                        code.as_str(),
+                        "SlowDown" | "RequestTimeout" | "InternalError" | "ServiceUnavailable"
+                    )
             }
             SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
             _ => false,
         };
-        if matches!(status(err), Some(401 | 403)) {
+        if matches!(status(&err), Some(401 | 403)) {
             return StoreError::Unusable {
                 store: self.location.clone(),
                 message: format!("{operation} of `{path}` was denied ({code})"),
@@ -222,7 +225,12 @@ impl S3Store {
             store: self.location.clone(),
             operation,
             path: path.to_owned(),
-            message: chain_text(err),
+            message: if code.is_empty() {
+                "the request failed".to_owned()
+            } else {
+                format!("the server answered `{code}`")
+            },
+            source: Some(Box::new(err)),
             retryable,
         }
     }
@@ -273,7 +281,7 @@ impl Store for S3Store {
                 (Some(412 | 404), PutMode::Update { .. }) => {
                     Err(StoreError::Conflict { store: self.location.clone(), path: path.to_string() })
                 }
-                _ => Err(self.error("write", path.as_str(), &err)),
+                _ => Err(self.error("write", path.as_str(), err)),
             },
         }
     }
@@ -293,7 +301,7 @@ impl Store for S3Store {
                         path: path.to_string(),
                     });
                 }
-                Err(err) => return Err(self.error("read", path.as_str(), &err)),
+                Err(err) => return Err(self.error("read", path.as_str(), err)),
             };
         let too_large = |size: u64| StoreError::TooLarge {
             store: self.location.clone(),
@@ -323,7 +331,8 @@ impl Store for S3Store {
                         store: self.location.clone(),
                         operation: "read",
                         path: path.to_string(),
-                        message: format!("the body was cut off: {}", chain_text(&e)),
+                        message: "the body was cut off".to_owned(),
+                        source: Some(Box::new(e)),
                         retryable: true,
                     });
                 }
@@ -339,6 +348,7 @@ impl Store for S3Store {
                     bytes.len(),
                     declared.unwrap_or(0)
                 ),
+                source: None,
                 retryable: true,
             });
         }
@@ -350,7 +360,7 @@ impl Store for S3Store {
         match self.client.head_object().bucket(&self.bucket).key(&key).send().await {
             Ok(out) => Ok(self.meta(&key, out.content_length(), out.last_modified(), out.e_tag())),
             Err(err) if status(&err) == Some(404) => Ok(None),
-            Err(err) => Err(self.error("stat", path.as_str(), &err)),
+            Err(err) => Err(self.error("stat", path.as_str(), err)),
         }
     }
 
@@ -364,7 +374,7 @@ impl Store for S3Store {
             .send();
         let mut out = Vec::new();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|err| self.error("list", prefix, &err))?;
+            let page = page.map_err(|err| self.error("list", prefix, err))?;
             for object in page.contents() {
                 let Some(key) = object.key() else { continue };
                 if let Some(meta) = self.meta(key, object.size(), object.last_modified(), object.e_tag()) {
@@ -379,7 +389,7 @@ impl Store for S3Store {
         match self.client.delete_object().bucket(&self.bucket).key(self.key(path.as_str())).send().await {
             Ok(_) => Ok(()),
             Err(err) if status(&err) == Some(404) => Ok(()),
-            Err(err) => Err(self.error("delete", path.as_str(), &err)),
+            Err(err) => Err(self.error("delete", path.as_str(), err)),
         }
     }
 
@@ -391,7 +401,7 @@ impl Store for S3Store {
             .prefix(&self.prefix)
             .send()
             .await
-            .map_err(|err| self.error("list uploads under", &self.prefix, &err))?;
+            .map_err(|err| self.error("list uploads under", &self.prefix, err))?;
         let mut aborted = 0;
         for upload in listing.uploads() {
             let started = upload
@@ -407,7 +417,7 @@ impl Store for S3Store {
                     .upload_id(id)
                     .send()
                     .await
-                    .map_err(|err| self.error("abort the upload of", key, &err))?;
+                    .map_err(|err| self.error("abort the upload of", key, err))?;
                 aborted += 1;
             }
         }
