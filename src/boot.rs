@@ -197,6 +197,19 @@ async fn user_from_snapshot(
     Ok(Some(passwd::resolve(spec, &String::from_utf8_lossy(&passwd), &String::from_utf8_lossy(&group))?))
 }
 
+/// The settings the environment's processes see as variables: where its config is, whether
+/// browser testing is on, and where Chrome is (`chromeExecutablePath`).
+pub fn settings_env(spec: &EnvironmentSpec) -> Vec<String> {
+    let mut env = vec![
+        format!("ENVBUILD_CONFIG={}", boot::CONFIG_PATH),
+        format!("ENVBUILD_ENABLE_TESTING={}", spec.testing_enabled()),
+    ];
+    if let Some(chrome) = &spec.chrome_executable_path {
+        env.push(format!("ENVBUILD_CHROME_EXECUTABLE_PATH={chrome}"));
+    }
+    env
+}
+
 /// `NAME=value` lines for the engine.
 fn env_lines(loaded: &[Loaded], pick: impl Fn(When) -> bool) -> Vec<String> {
     records::env_pairs(loaded, pick).into_iter().map(|(k, v)| format!("{k}={}", v.expose())).collect()
@@ -237,12 +250,14 @@ impl Environment<'_> {
                 terminal_list.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(","),
             ),
         ]);
+        let mut env = settings_env(spec);
+        env.extend(env_lines(self.secrets, When::at_boot));
         let container = boot::create(
             engine,
             &boot::EnvironmentSpec {
                 name: name.to_owned(),
                 image: image.to_owned(),
-                env: env_lines(self.secrets, When::at_boot),
+                env,
                 labels,
                 network: options.network,
             },
@@ -265,7 +280,9 @@ impl Environment<'_> {
             let _ = write!(detail, "; {} repository files at /workspace", tree.entries.len());
             files = Some(tree.tar_stream("workspace/".to_owned(), (user.uid, user.gid)));
         }
-        boot::populate_and_start(engine, &container, files).await?;
+        let config = serde_json::to_vec_pretty(&spec.normalized())
+            .map_err(|e| Error::Failed(format!("the environment's config cannot be encoded: {e}")))?;
+        boot::populate_and_start(engine, &container, &config, files).await?;
         steps.record("container", t, detail);
 
         if let Some(install) = spec.install.as_ref().filter(|i| !i.trim().is_empty()) {

@@ -25,8 +25,9 @@ use envbuild_cache::catalog::{self, KeyRecord};
 use envbuild_cache::diff::Diff;
 use envbuild_cache::ingest::{self, IngestOptions, IngestReport, LeakScanner, Progress, SnapshotMeta};
 use envbuild_cache::{Digest, SnapshotId, Store, diff, layout, restore};
+use envbuild_schema::Base;
 use envbuild_secrets::scan::SecretScanner;
-use envbuild_secrets::{Loaded, Scope, When, records, redact};
+use envbuild_secrets::{Loaded, Scope, SecretString, When, records, redact};
 use serde::Serialize;
 
 use crate::error::{Error, Result, ResultExt};
@@ -48,6 +49,10 @@ pub struct RepoOptions {
     pub network: Network,
     /// Secret scopes whose secrets apply.
     pub scopes: Vec<Scope>,
+    /// The default base image, for a config that names none (`--base-image`).
+    pub base_image: String,
+    /// A `snapshot` base that cannot be used is an error instead of a fallback.
+    pub strict: bool,
 }
 
 impl Default for RepoOptions {
@@ -59,6 +64,11 @@ impl Default for RepoOptions {
             build_args: BTreeMap::new(),
             network: Network::Host,
             scopes: vec![Scope::workspace()],
+            base_image: std::env::var(crate::env::BASE_IMAGE)
+                .ok()
+                .filter(|i| !i.trim().is_empty())
+                .unwrap_or_else(|| envbuild_builder::plan::DEFAULT_BASE_IMAGE.to_owned()),
+            strict: false,
         }
     }
 }
@@ -139,18 +149,8 @@ pub struct Planned {
 pub async fn plan(session: &Session, repo: &RepoOptions) -> Result<Planned> {
     let loaded = config::load(session, &repo.repo)?;
     let spec = loaded.valid_spec().ok_or_else(|| Error::InvalidConfig { file: loaded.file.clone() })?;
-    let base_snapshot = match (&spec.build, &spec.snapshot) {
-        (None, Some(query)) => Some(
-            catalog::resolve(&*session.store, query)
-                .await
-                .with_context(|| {
-                    format!(
-                        "the config starts from snapshot `{query}`, which is not in {}",
-                        session.store.location()
-                    )
-                })?
-                .0,
-        ),
+    let base_snapshot = match spec.base() {
+        Base::Snapshot(query) => usable_snapshot(session, query, spec, repo.strict).await?,
         _ => None,
     };
     let secrets = records::list(&*session.store, &repo.scopes).await?;
@@ -160,10 +160,43 @@ pub async fn plan(session: &Session, repo: &RepoOptions) -> Result<Planned> {
         build_args: repo.build_args.clone(),
         secret_versions: records::install_versions(&secrets),
         base_snapshot,
+        default_image: repo.base_image.clone(),
         network: repo.network,
     };
     let plan = plan::plan(&loaded, options, &session.engine).await?;
     Ok(Planned { plan, secrets })
+}
+
+/// The snapshot the config's `snapshot` names, when it can be used: stored, with a manifest
+/// that reads back. When it cannot (gone, damaged, no access — or a Cursor snapshot id, which
+/// no envbuild store holds), Cursor falls back to `image`, `build` or its default base and
+/// still runs install; envbuild does the same with a warning, or fails with `strict`.
+async fn usable_snapshot(
+    session: &Session,
+    query: &str,
+    spec: &envbuild_schema::EnvironmentSpec,
+    strict: bool,
+) -> Result<Option<Digest>> {
+    let found = async {
+        let id = catalog::resolve(&*session.store, query).await?;
+        restore::read_manifest(&*session.store, &id).await?;
+        Ok::<_, Error>(id)
+    }
+    .await;
+    match found {
+        Ok(id) => Ok(Some(id.0)),
+        Err(e) if strict => Err(e.context(format!(
+            "the config starts from snapshot `{query}`, which cannot be used (--strict forbids the fallback)"
+        ))),
+        Err(e) => {
+            session.warn(format!(
+                "the snapshot `{query}` cannot be used ({}); starting from {} instead, as Cursor does, and install runs as usual\nhint: build it with `envbuild build` and name its id or a ref in `snapshot`, or pass --strict to make this an error",
+                envbuild_builder::error::chain(&e),
+                spec.fallback_base().describe()
+            ));
+            Ok(None)
+        }
+    }
 }
 
 /// The snapshot a stored key points at, if it really is stored.
@@ -286,6 +319,7 @@ impl Miss<'_> {
             crate::format::bytes(report.new_stored_bytes),
             crate::format::duration(exported.elapsed())
         ));
+        self.check_chrome(&report.id).await?;
         let record = KeyRecord {
             format: catalog::KEY_FORMAT.to_owned(),
             key: plan.keys.env_key,
@@ -333,10 +367,20 @@ impl Miss<'_> {
     async fn system_image(&self) -> Result<SystemImage> {
         let session = self.session;
         match &self.plan.source {
-            SystemSource::Dockerfile { .. } => Ok(pipeline::ensure_system_image(
+            SystemSource::Dockerfile { dockerfile_text, .. } => Ok(pipeline::ensure_system_image(
                 self.engine,
                 self.plan,
                 self.options.no_cache,
+                &build_secrets(session, dockerfile_text, self.secrets),
+                self.cleanup,
+                &mut session.output_sink(),
+            )
+            .await?),
+            SystemSource::Image { .. } => Ok(pipeline::ensure_system_image(
+                self.engine,
+                self.plan,
+                self.options.no_cache,
+                &BTreeMap::new(),
                 self.cleanup,
                 &mut session.output_sink(),
             )
@@ -376,6 +420,23 @@ impl Miss<'_> {
         ingest::ingest(session.store.clone(), Box::new(reader), options, counters)
             .await
             .with_context(|| format!("cannot store the environment in {}", session.store.location()))
+    }
+
+    /// Warns when browser testing is on and `chromeExecutablePath` is not in the environment:
+    /// the agent's browser tests would fail at their first step.
+    async fn check_chrome(&self, id: &SnapshotId) -> Result<()> {
+        let spec = &self.plan.spec;
+        let Some(chrome) = spec.chrome_executable_path.as_deref().filter(|_| spec.testing_enabled()) else {
+            return Ok(());
+        };
+        let manifest = restore::read_manifest(&*self.session.store, id).await?;
+        let wanted = chrome.trim_start_matches('/');
+        if !manifest.toc.iter().any(|e| e.path.trim_end_matches('/') == wanted) {
+            self.session.warn(format!(
+                "browser testing is on (`enable_testing`), and `chromeExecutablePath` `{chrome}` is not in the environment\nhint: install Chromium in the Dockerfile or in `install`, correct the path, or set `\"enable_testing\": false`"
+            ));
+        }
+        Ok(())
     }
 
     /// Runs install a second time on the result and reports what changed.
@@ -430,6 +491,29 @@ impl Miss<'_> {
         }
         Ok(idempotency)
     }
+}
+
+/// The secrets a Dockerfile's `RUN --mount=type=secret,id=ID` lines ask for, from the ones in
+/// scope: by name, or by name ignoring case (ids are often lower case, names upper). They go to
+/// the build as BuildKit secrets only, never as build args, environment or layers.
+fn build_secrets(session: &Session, dockerfile: &str, secrets: &[Loaded]) -> BTreeMap<String, SecretString> {
+    let mut out = BTreeMap::new();
+    for id in envbuild_builder::buildkit::secret_ids(dockerfile) {
+        let found = secrets
+            .iter()
+            .find(|s| s.name == id)
+            .or_else(|| secrets.iter().find(|s| s.name.eq_ignore_ascii_case(&id)));
+        match found {
+            Some(secret) => {
+                out.insert(id, secret.value.clone());
+            }
+            None => session.warn(format!(
+                "the Dockerfile mounts the secret `{id}`, and no secret of that name is in scope\nhint: `envbuild secrets set {}` stores it",
+                id.to_ascii_uppercase()
+            )),
+        }
+    }
+    out
 }
 
 /// The image configuration a snapshot carries (empty when it carries none).

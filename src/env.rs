@@ -21,6 +21,10 @@ pub const MASTER_KEY: &str = "ENVBUILD_MASTER_KEY";
 /// An AWS KMS key (id, ARN or alias) to encrypt new secrets with (`--kms-key-id`).
 pub const KMS_KEY_ID: &str = "ENVBUILD_KMS_KEY_ID";
 
+/// The default base image, for configs that name no `snapshot`, `image` or `build`
+/// (`--base-image`).
+pub const BASE_IMAGE: &str = "ENVBUILD_BASE_IMAGE";
+
 /// The bearer token for an `http(s)://` store (`envbuild serve`).
 pub const TOKEN: &str = "ENVBUILD_TOKEN";
 

@@ -90,8 +90,10 @@ pub struct Written {
 /// Writes `.cursor/environment.json` and `.cursor/Dockerfile` into the repository at `repo`;
 /// refuses, writing nothing, when either exists.
 pub fn init(repo: &Path) -> Result<Written> {
-    let repo = std::fs::canonicalize(repo)
+    let start = std::fs::canonicalize(repo)
         .map_err(Error::io(format!("cannot open the repository folder `{}`", repo.display())))?;
+    // Inside a repository, its root: never a nested `.cursor/` in a subfolder.
+    let (repo, _) = envbuild_schema::find(&start);
     let cursor_dir = repo.join(".cursor");
     let config = cursor_dir.join("environment.json");
     let dockerfile = cursor_dir.join("Dockerfile");

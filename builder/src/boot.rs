@@ -34,6 +34,8 @@ pub const SCOPES_LABEL: &str = "envbuild.scopes";
 pub const TERMINALS_LABEL: &str = "envbuild.terminals";
 /// Where process output goes inside the environment.
 pub const LOG_DIR: &str = "/var/log/envbuild";
+/// Where the environment finds its own config (normalized, read-only).
+pub const CONFIG_PATH: &str = "/etc/envbuild/environment.json";
 const RUNNER_PATH: &str = "/.envbuild/run.sh";
 
 /// The runner: `run.sh NAME once|supervise COMMAND`, or `run.sh launch NAME COMMAND...` for
@@ -88,7 +90,7 @@ fi
 pub struct EnvironmentSpec {
     pub name: String,
     pub image: String,
-    /// `NAME=value`: the secrets given at boot (start and terminals see them).
+    /// `NAME=value`: the settings and secrets given at boot (start and terminals see them).
     pub env: Vec<String>,
     pub labels: BTreeMap<String, String>,
     pub network: Network,
@@ -140,12 +142,16 @@ pub async fn create(engine: &Arc<dyn ContainerEngine>, spec: &EnvironmentSpec) -
 pub async fn populate_and_start(
     engine: &Arc<dyn ContainerEngine>,
     container: &str,
+    config: &[u8],
     files: Option<ByteStream>,
 ) -> Result<()> {
+    let config_dir = CONFIG_PATH.trim_start_matches('/').rsplit_once('/').map_or("", |(dir, _)| dir);
     let prefix = tar_prefix(&[
         (RUNNER_PATH.trim_start_matches('/'), RUNNER.as_bytes(), 0o755),
         // World-writable and sticky, like /tmp: processes run as the environment's user.
         (&format!("{}/", LOG_DIR.trim_start_matches('/')), b"", 0o1777),
+        (&format!("{config_dir}/"), b"", 0o755),
+        (CONFIG_PATH.trim_start_matches('/'), config, 0o444),
     ]);
     let head = futures::stream::once(async move { Ok(prefix) });
     // Without files, the end-of-archive blocks the prefix left out.

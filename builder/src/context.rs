@@ -22,14 +22,25 @@ pub(crate) const OUTSIDE_DOCKERFILE: &str = ".envbuild.Dockerfile";
 
 #[derive(Debug, Clone)]
 pub struct BuildContext {
+    /// The context directory.
+    pub dir: PathBuf,
     pub files: FileSet,
     /// The Dockerfile's path inside the context.
     pub dockerfile: String,
 }
 
+/// Where the Dockerfile comes from.
+#[derive(Debug, Clone)]
+pub(crate) enum Dockerfile {
+    /// A file (absolute path), inside the context or not.
+    File(PathBuf),
+    /// The text itself (`build.dockerfileContents`), sent as `.envbuild.Dockerfile`.
+    Inline(String),
+}
+
 /// Collects the context at `dir` for `dockerfile`, leaving out the config file `config`
 /// (absolute paths).
-pub(crate) fn collect(dir: &Path, dockerfile: &Path, config: &Path) -> Result<BuildContext> {
+pub(crate) fn collect(dir: &Path, dockerfile: &Dockerfile, config: &Path) -> Result<BuildContext> {
     let ignore_path = dir.join(".dockerignore");
     let ignore = match std::fs::read_to_string(&ignore_path) {
         Ok(text) => DockerIgnore::parse(&text, &ignore_path.display().to_string())?,
@@ -39,20 +50,29 @@ pub(crate) fn collect(dir: &Path, dockerfile: &Path, config: &Path) -> Result<Bu
     let mut entries = Vec::new();
     walk(dir, "", &ignore, &mut entries)?;
     entries.retain(|e| e.source != config);
-    let inside = dockerfile.strip_prefix(dir).ok().map(|rel| rel.to_string_lossy().into_owned());
-    let dockerfile_path = if let Some(rel) = inside {
-        if !entries.iter().any(|e: &tree::FileEntry| e.path == rel) {
-            entries.extend(tree::entry_for(rel.clone(), dockerfile.to_path_buf())?);
+    let dockerfile_path = match dockerfile {
+        Dockerfile::Inline(text) => {
+            entries.retain(|e| e.path != OUTSIDE_DOCKERFILE);
+            entries.push(tree::inline_entry(OUTSIDE_DOCKERFILE.to_owned(), text.as_bytes()));
+            OUTSIDE_DOCKERFILE.to_owned()
         }
-        rel
-    } else {
-        entries.extend(tree::entry_for(OUTSIDE_DOCKERFILE.to_owned(), dockerfile.to_path_buf())?);
-        OUTSIDE_DOCKERFILE.to_owned()
+        Dockerfile::File(file) => {
+            let inside = file.strip_prefix(dir).ok().map(|rel| rel.to_string_lossy().into_owned());
+            if let Some(rel) = inside {
+                if !entries.iter().any(|e: &tree::FileEntry| e.path == rel) {
+                    entries.extend(tree::entry_for(rel.clone(), file.clone())?);
+                }
+                rel
+            } else {
+                entries.extend(tree::entry_for(OUTSIDE_DOCKERFILE.to_owned(), file.clone())?);
+                OUTSIDE_DOCKERFILE.to_owned()
+            }
+        }
     };
     if ignore_path.exists() && !entries.iter().any(|e| e.path == ".dockerignore") {
         entries.extend(tree::entry_for(".dockerignore".to_owned(), ignore_path)?);
     }
-    Ok(BuildContext { files: FileSet::new(entries), dockerfile: dockerfile_path })
+    Ok(BuildContext { dir: dir.to_path_buf(), files: FileSet::new(entries), dockerfile: dockerfile_path })
 }
 
 fn walk(root: &Path, rel: &str, ignore: &DockerIgnore, out: &mut Vec<tree::FileEntry>) -> Result<()> {
@@ -105,14 +125,22 @@ mod tests {
         std::fs::write(root.join(".dockerignore"), "*.log\ndocs\n!docs/keep.md\nDockerfile\n.dockerignore\n")
             .unwrap();
         std::fs::write(root.join("environment.json"), "{}").unwrap();
-        let context = collect(root, &root.join("Dockerfile"), &root.join("environment.json")).unwrap();
+        let context =
+            collect(root, &Dockerfile::File(root.join("Dockerfile")), &root.join("environment.json"))
+                .unwrap();
         let paths: Vec<_> = context.files.entries.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, [".dockerignore", "Dockerfile", "docs/keep.md"]);
         assert_eq!(context.dockerfile, "Dockerfile");
 
         let outside = tempfile::tempdir().unwrap();
         std::fs::write(outside.path().join("Dockerfile"), "FROM scratch\n").unwrap();
-        let context = collect(root, &outside.path().join("Dockerfile"), Path::new("/none")).unwrap();
+        let context =
+            collect(root, &Dockerfile::File(outside.path().join("Dockerfile")), Path::new("/none")).unwrap();
         assert_eq!(context.dockerfile, OUTSIDE_DOCKERFILE);
+        let inline = collect(root, &Dockerfile::Inline("FROM scratch\n".into()), Path::new("/none")).unwrap();
+        assert_eq!(inline.dockerfile, OUTSIDE_DOCKERFILE);
+        let mut tar = Vec::new();
+        inline.files.write_tar(&mut tar, "", (0, 0)).unwrap();
+        assert!(tar.windows(13).any(|w| w == b"FROM scratch\n"), "the inline Dockerfile is in the context");
     }
 }

@@ -22,6 +22,9 @@ use bollard::query_parameters::{
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
+use bollard_stubs::models::BuildInfoAux;
+
+use crate::buildkit;
 use crate::engine::{
     BuildEvent, BuildRequest, BuildStream, ByteStream, Cause, ContainerEngine, ContainerInfo, ContainerSpec,
     EngineError, ExecSpec, ImageConfig, ImageInfo, Output, OutputStream,
@@ -38,6 +41,23 @@ fn endpoint() -> String {
 }
 
 impl DockerEngine {
+    /// A BuildKit session for `request`, or why there is none.
+    async fn buildkit_session(
+        &self,
+        secrets: &BTreeMap<String, envbuild_schema::SecretString>,
+    ) -> Result<buildkit::Session, String> {
+        if std::env::var_os("ENVBUILD_BUILDKIT").is_some_and(|v| v == "0") {
+            return Err("ENVBUILD_BUILDKIT=0".into());
+        }
+        let Some(socket) = self.endpoint.strip_prefix("unix://") else {
+            return Err(format!(
+                "sessions are opened over a unix socket, and the engine is at {}",
+                self.endpoint
+            ));
+        };
+        buildkit::open(std::path::Path::new(socket), secrets).await.map_err(|e| crate::error::chain(&e))
+    }
+
     /// Connects and negotiates the API version; an engine that does not answer is an error
     /// with a hint.
     pub async fn connect() -> Result<Self, EngineError> {
@@ -159,6 +179,21 @@ impl ContainerEngine for DockerEngine {
         }
     }
 
+    async fn pull(&self, reference: &str) -> Result<ImageInfo, EngineError> {
+        let operation = format!("pull the image `{reference}`");
+        let options = CreateImageOptionsBuilder::default().from_image(reference).build();
+        let mut events = self.docker.create_image(Some(options), None, None);
+        while let Some(event) = events.next().await {
+            let event = event.map_err(Self::failed(operation.clone()))?;
+            if let Some(message) = event.error_detail.and_then(|d| d.message) {
+                return Err(EngineError::Rejected { operation, message });
+            }
+        }
+        self.image(reference)
+            .await?
+            .ok_or(EngineError::NotFound { what: "pulled image", name: reference.to_owned() })
+    }
+
     async fn build(&self, request: BuildRequest) -> Result<BuildStream, EngineError> {
         let options = BuildImageOptionsBuilder::default()
             .dockerfile(&request.dockerfile)
@@ -168,12 +203,25 @@ impl ContainerEngine for DockerEngine {
             .nocache(request.no_cache)
             .networkmode(request.network.as_str())
             .labels(&labels_map(&request.labels))
-            .buildargs(&labels_map(&request.build_args))
-            .version(BuilderVersion::BuilderV1)
-            .build();
-        let docker = self.docker.clone();
-        let stream = async_stream_build(docker, options, request.context);
-        Ok(stream)
+            .buildargs(&labels_map(&request.build_args));
+        // BuildKit, as Docker uses by default since 23.0, through a session of our own (it
+        // serves the build secrets); the classic builder when the engine cannot open one.
+        let (options, session, note) = match self.buildkit_session(&request.secrets).await {
+            Ok(session) => {
+                let options = options.version(BuilderVersion::BuilderBuildKit).session(&session.id);
+                (options, Some(session), None)
+            }
+            Err(why) => {
+                let mut note = format!(
+                    "BuildKit is not available ({why}); building with the classic builder, which has no `RUN --mount` (cache and secret mounts)"
+                );
+                if !request.secrets.is_empty() {
+                    note.push_str(" and cannot give the build its secrets");
+                }
+                (options.version(BuilderVersion::BuilderV1), None, Some(note))
+            }
+        };
+        Ok(async_stream_build(self.docker.clone(), options.build(), request.context, session, note))
     }
 
     async fn import(
@@ -395,16 +443,67 @@ impl ContainerEngine for DockerEngine {
     }
 }
 
+/// What a BuildKit build has shown so far, to print each step once.
+#[derive(Debug, Default)]
+struct Trace {
+    /// Vertex digest → its number in the output, for the steps shown.
+    steps: HashMap<String, usize>,
+    done: std::collections::HashSet<String>,
+}
+
+impl Trace {
+    /// Lines for a BuildKit status update: each step when it starts (`#3 RUN npm ci`), its
+    /// logs, and how it ended (`#3 DONE`, `#3 CACHED`, `#3 ERROR: ...`).
+    fn lines(&mut self, status: &bollard_stubs::moby::buildkit::v1::StatusResponse) -> Vec<String> {
+        let mut out = Vec::new();
+        for vertex in &status.vertexes {
+            let next = self.steps.len() + 1;
+            let number = *self.steps.entry(vertex.digest.clone()).or_insert_with(|| {
+                out.push(format!("#{next} {}\n", vertex.name));
+                next
+            });
+            if (vertex.completed.is_some() || !vertex.error.is_empty())
+                && self.done.insert(vertex.digest.clone())
+            {
+                out.push(if !vertex.error.is_empty() {
+                    format!("#{number} ERROR: {}\n", vertex.error)
+                } else if vertex.cached {
+                    format!("#{number} CACHED\n")
+                } else {
+                    format!("#{number} DONE\n")
+                });
+            }
+        }
+        for log in &status.logs {
+            let number = self.steps.get(&log.vertex).copied().unwrap_or(0);
+            for line in String::from_utf8_lossy(&log.msg).split_inclusive('\n') {
+                out.push(format!("#{number} {line}"));
+            }
+        }
+        out
+    }
+}
+
 /// The build stream: output lines as they come, then the image id; a failure is an `Err`
-/// item. A task owns the engine handle and feeds a channel, since bollard's stream borrows it.
+/// item. A task owns the engine handle (and the BuildKit session, which must live as long as
+/// the build) and feeds a channel, since bollard's stream borrows the handle.
 fn async_stream_build(
     docker: Docker,
     options: bollard::query_parameters::BuildImageOptions,
     context: ByteStream,
+    session: Option<buildkit::Session>,
+    note: Option<String>,
 ) -> BuildStream {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<BuildEvent, EngineError>>(64);
     let body = bollard::body_try_stream(context.map_err(std::io::Error::other));
     tokio::spawn(async move {
+        let _session = session;
+        if let Some(note) = note
+            && tx.send(Ok(BuildEvent::Note(note))).await.is_err()
+        {
+            return;
+        }
+        let mut trace = Trace::default();
         let mut events = docker.build_image(options, None, Some(body));
         while let Some(item) = events.next().await {
             let mapped: Vec<Result<BuildEvent, EngineError>> = match item {
@@ -420,8 +519,14 @@ fn async_stream_build(
                             message: detail,
                         }));
                     }
-                    if let Some(id) = info.aux.and_then(|a| a.id) {
-                        out.push(Ok(BuildEvent::Built(id)));
+                    match info.aux {
+                        Some(BuildInfoAux::BuildKit(status)) => {
+                            out.extend(trace.lines(&status).into_iter().map(|l| Ok(BuildEvent::Output(l))));
+                        }
+                        Some(BuildInfoAux::Default(image)) => {
+                            out.extend(image.id.map(|id| Ok(BuildEvent::Built(id))));
+                        }
+                        None => {}
                     }
                     out
                 }

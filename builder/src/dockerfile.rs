@@ -12,13 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct BaseRef(pub String);
 
-impl BaseRef {
-    /// The digest when the reference is pinned (`name@sha256:...`): no engine is needed to
-    /// know what it is.
-    pub(crate) fn pinned_digest(&self) -> Option<&str> {
-        self.0.split_once('@').map(|(_, digest)| digest).filter(|d| d.starts_with("sha256:"))
-    }
-}
+impl BaseRef {}
 
 /// Logical lines: continuations joined, comments and blank lines dropped.
 fn logical_lines(text: &str) -> Vec<String> {
@@ -182,8 +176,6 @@ FROM alpine@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abc
                 "golang:1.22",
             ]
         );
-        let pinned = BaseRef("alpine@sha256:abc".into());
-        assert_eq!(pinned.pinned_digest(), Some("sha256:abc"));
     }
 
     #[test]

@@ -99,6 +99,8 @@ pub struct BuildRequest {
     pub labels: BTreeMap<String, String>,
     /// `--build-arg NAME=VALUE`, passed to the Dockerfile's `ARG`s.
     pub build_args: BTreeMap<String, String>,
+    /// Build secrets by id, for `RUN --mount=type=secret` (BuildKit only).
+    pub secrets: BTreeMap<String, envbuild_schema::SecretString>,
     pub network: Network,
     pub no_cache: bool,
 }
@@ -174,6 +176,9 @@ pub trait ContainerEngine: Send + Sync + std::fmt::Debug {
     /// The image `reference` (a tag or an id), or `None` if the engine does not have it.
     async fn image(&self, reference: &str) -> Result<Option<ImageInfo>, EngineError>;
 
+    /// Pulls `reference` from its registry; the image, or why it cannot be had.
+    async fn pull(&self, reference: &str) -> Result<ImageInfo, EngineError>;
+
     /// Builds an image; the output stream ends with the build, and an `Err` item is a failed
     /// build. The id of the result is in the last [`BuildEvent::Built`].
     async fn build(&self, request: BuildRequest) -> Result<BuildStream, EngineError>;
@@ -232,6 +237,8 @@ pub trait ContainerEngine: Send + Sync + std::fmt::Debug {
 pub enum BuildEvent {
     /// A line of build output.
     Output(String),
+    /// Something about how the build runs (the builder it falls back to).
+    Note(String),
     /// The image was built, with this id.
     Built(String),
 }

@@ -92,7 +92,7 @@ fn git_files(repo: &Path) -> Result<Option<Vec<FileEntry>>> {
             _ => Kind::File { executable: false },
         };
         let hash = if matches!(kind, Kind::File { .. }) { format!("git:{object}") } else { String::new() };
-        entries.push(FileEntry { path: path.to_owned(), kind, hash, source });
+        entries.push(FileEntry { path: path.to_owned(), kind, hash, source, inline: None });
     }
     Ok(Some(entries))
 }

@@ -5,7 +5,8 @@
 //!
 //! # Layout
 //! - [`engine`]: the [`ContainerEngine`](engine::ContainerEngine) trait; [`docker`]: its
-//!   implementation on bollard (the only file that imports it).
+//!   implementation on bollard (the only file that imports it); [`buildkit`]: the session a
+//!   BuildKit build calls back into (build secrets).
 //! - [`keys`]: the system key, the env key and the manifest of their inputs; `explain`.
 //! - [`dockerfile`], [`dockerignore`], [`context`]: what a build is made of.
 //! - [`inputs`]: the repository's files as git tracks them.
@@ -17,6 +18,7 @@
 //! - `testing` (feature `testing`): an engine double that records calls and plays back a script.
 
 pub mod boot;
+pub mod buildkit;
 pub mod cleanup;
 mod context;
 pub mod docker;

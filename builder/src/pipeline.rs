@@ -80,17 +80,34 @@ impl Tail {
     }
 }
 
-/// Builds the system image from the Dockerfile, or reuses the one cached under its key.
+/// The system image: the base image itself, or the Dockerfile built (or the image cached under
+/// its key, reused). `secrets` are the build secrets the Dockerfile's secret mounts read.
 pub async fn ensure_system_image(
     engine: &Arc<dyn ContainerEngine>,
     plan: &Plan,
     no_cache: bool,
+    secrets: &BTreeMap<String, envbuild_schema::SecretString>,
     cleanup: &Cleanup,
     sink: &mut dyn OutputSink,
 ) -> Result<SystemImage> {
     let started = Instant::now();
-    let SystemSource::Dockerfile { context, .. } = &plan.source else {
-        return Err(BuildError::Invalid("this environment starts from a snapshot, not a Dockerfile".into()));
+    let context = match &plan.source {
+        SystemSource::Dockerfile { context, .. } => context,
+        SystemSource::Image { reference, id } => {
+            let image = engine.image(id).await?.ok_or_else(|| BuildError::MissingBase {
+                reference: reference.clone(),
+                hint: format!("the engine no longer has {id}; pull or load `{reference}` again"),
+            })?;
+            return Ok(SystemImage {
+                id: image.id,
+                config: image.config,
+                reused: true,
+                duration: started.elapsed(),
+            });
+        }
+        SystemSource::Snapshot { .. } => {
+            return Err(BuildError::Invalid("this environment starts from a snapshot, not an image".into()));
+        }
     };
     let tag = system_tag(&plan.keys.system_key);
     let key_label = plan.keys.system_key.to_string();
@@ -111,6 +128,7 @@ pub async fn ensure_system_image(
         tag: tag.clone(),
         labels: BTreeMap::from([(SYSTEM_KEY_LABEL.to_owned(), key_label)]),
         build_args: plan.build_args.clone(),
+        secrets: secrets.clone(),
         network: plan.network,
         no_cache,
     };
@@ -137,6 +155,9 @@ pub async fn ensure_system_image(
                     new_layers.push(id.to_owned());
                     step_ran = false;
                 }
+            }
+            Ok(BuildEvent::Note(note)) => {
+                sink.output(format!("note: {note}\n").as_bytes());
             }
             Ok(BuildEvent::Built(id)) => built = Some(id),
             Err(e) => {

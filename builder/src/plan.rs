@@ -1,14 +1,20 @@
 //! The plan of a build: everything known before any build work is done — what the system
 //! layer is built from, the install inputs, and both keys. Making a plan reads the repository
 //! and touches the engine only to pin base images named by tag (through a [`LazyEngine`], so
-//! a warm hit never connects).
+//! a warm hit with pinned bases never connects).
+//!
+//! The system layer comes from the config's base, in Cursor's precedence: a stored snapshot
+//! (resolved by the caller, which knows the store), else `image` (used as it is), else `build`
+//! (a Dockerfile, from a file or inline), else the default base image. An image named by tag
+//! is resolved to its id (pulled through the engine when it is not there), and the id, never
+//! the tag, goes into the system key.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use envbuild_schema::{Digest, EnvironmentSpec, LoadedConfig};
+use envbuild_schema::{Base, Digest, EnvironmentSpec, LoadedConfig};
 
-use crate::context::{self, BuildContext};
+use crate::context::{self, BuildContext, Dockerfile};
 use crate::dockerfile;
 use crate::engine::{LazyEngine, Network};
 use crate::error::{BuildError, Result};
@@ -19,14 +25,12 @@ use crate::tree::FileSet;
 /// What the system layer is built from.
 #[derive(Debug, Clone)]
 pub enum SystemSource {
-    Dockerfile {
-        context: BuildContext,
-        dockerfile_text: String,
-    },
+    /// A Dockerfile (a file, or the config's inline text) and its context.
+    Dockerfile { context: BuildContext, dockerfile_text: String },
+    /// An image used as it is: the config's `image`, or the default base image.
+    Image { reference: String, id: String },
     /// A stored snapshot (`snapshot` in the config), by id.
-    Snapshot {
-        id: Digest,
-    },
+    Snapshot { id: Digest },
 }
 
 /// Everything known before any build work: inputs, keys, what to run.
@@ -52,10 +56,17 @@ pub struct PlanOptions {
     pub build_args: BTreeMap<String, String>,
     /// Secret name → version, for secrets install sees.
     pub secret_versions: BTreeMap<String, String>,
-    /// The id the config's `snapshot` resolved to, when the base is a snapshot.
+    /// The id the config's `snapshot` resolved to; `None` when the snapshot cannot be used,
+    /// and the fallback base is planned instead.
     pub base_snapshot: Option<Digest>,
+    /// The default base image, for a config that names no base.
+    pub default_image: String,
     pub network: Network,
 }
+
+/// The default base image when `--base-image` and `ENVBUILD_BASE_IMAGE` say nothing: Cursor's
+/// own default base is Ubuntu-based, and so is this.
+pub const DEFAULT_BASE_IMAGE: &str = "ubuntu:24.04";
 
 /// Runs blocking file-system work off the async threads.
 async fn blocking<T: Send + 'static>(
@@ -65,69 +76,104 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work).await.map_err(|source| BuildError::Task { what, source })?
 }
 
+/// The id of image `reference`: its pinned digest, the engine's copy, or a pull.
+async fn image_id(reference: &str, engine: &LazyEngine) -> Result<String> {
+    if let Some((_, digest)) = reference.split_once('@').filter(|(_, d)| d.starts_with("sha256:")) {
+        return Ok(digest.to_owned());
+    }
+    let engine = engine.get().await?;
+    if let Some(image) = engine.image(reference).await? {
+        return Ok(image.id);
+    }
+    match engine.pull(reference).await {
+        Ok(image) => Ok(image.id),
+        Err(e) => Err(BuildError::MissingBase {
+            reference: reference.to_owned(),
+            hint: format!(
+                "it could not be pulled ({}): load it into the engine (`docker pull {reference}`, `docker load`, or `docker tag` of a local image), pin it by digest (`{reference}@sha256:...`), or choose another base (`--base-image`, `ENVBUILD_BASE_IMAGE`)",
+                crate::error::chain(&e)
+            ),
+        }),
+    }
+}
+
+fn system_inputs(spec: &EnvironmentSpec, platform: String) -> SystemInputs {
+    SystemInputs {
+        format: keys::SYSTEM_FORMAT.into(),
+        dockerfile: None,
+        context: BTreeMap::new(),
+        bases: BTreeMap::new(),
+        base_snapshot: None,
+        build_args: BTreeMap::new(),
+        platform,
+        user: spec.user.clone(),
+    }
+}
+
 /// Reads the inputs and computes both keys. The engine is used only to pin bases named by tag.
 pub async fn plan(loaded: &LoadedConfig, options: PlanOptions, engine: &LazyEngine) -> Result<Plan> {
     let invalid = || BuildError::Invalid(format!("`{}` is not a valid config", loaded.file.display()));
     let spec = loaded.valid_spec().cloned().ok_or_else(invalid)?;
     let paths = loaded.paths.clone().ok_or_else(invalid)?;
-    let platform = keys::host_platform();
-    let (source, system) = if spec.build.is_some() {
-        let (Some(dockerfile), Some(context_dir)) = (&paths.dockerfile, &paths.context) else {
-            return Err(BuildError::Invalid(format!(
-                "the Dockerfile or the build context of `{}` is missing",
-                loaded.file.display()
-            )));
-        };
-        let dockerfile_text = std::fs::read_to_string(dockerfile)
-            .map_err(BuildError::io(format!("cannot read the Dockerfile `{}`", dockerfile.display())))?;
-        let (dockerfile_path, context_dir, config) =
-            (dockerfile.clone(), context_dir.clone(), paths.config_file.clone());
-        let context = blocking("reading the build context", move || {
-            context::collect(&context_dir, &dockerfile_path, &config)
-        })
-        .await?;
-        let mut bases = BTreeMap::new();
-        for base in dockerfile::base_images(&dockerfile_text, &options.build_args) {
-            let id = if let Some(digest) = base.pinned_digest() {
-                digest.to_owned()
-            } else {
-                let engine = engine.get().await?;
-                engine.image(&base.0).await?.map(|image| image.id).ok_or_else(|| BuildError::MissingBase {
-                    reference: base.0.clone(),
-                    hint: format!(
-                        "no registry may be reachable: load it (`docker pull {0}` or `docker load`), or pin it by digest (`{0}@sha256:...`)",
-                        base.0
-                    ),
-                })?
-            };
-            bases.insert(base.0, id);
+    let mut system = system_inputs(&spec, keys::host_platform());
+    let base = match (spec.base(), options.base_snapshot) {
+        (Base::Snapshot(_), Some(id)) => {
+            system.base_snapshot = Some(id.to_string());
+            None
         }
-        let system = SystemInputs {
-            format: keys::SYSTEM_FORMAT.into(),
-            dockerfile: Some(crate::tree::hash_text(&dockerfile_text)),
-            context: context.files.fingerprints(),
-            bases,
-            base_snapshot: None,
-            build_args: options.build_args.clone(),
-            platform,
-            user: spec.user.clone(),
-        };
-        (SystemSource::Dockerfile { context, dockerfile_text }, system)
-    } else {
-        let id = options.base_snapshot.ok_or_else(|| {
-            BuildError::Invalid("the config names a base snapshot, but it was not resolved".into())
-        })?;
-        let system = SystemInputs {
-            format: keys::SYSTEM_FORMAT.into(),
-            dockerfile: None,
-            context: BTreeMap::new(),
-            bases: BTreeMap::new(),
-            base_snapshot: Some(id.to_string()),
-            build_args: BTreeMap::new(),
-            platform,
-            user: spec.user.clone(),
-        };
-        (SystemSource::Snapshot { id }, system)
+        (Base::Snapshot(_), None) => Some(spec.fallback_base()),
+        (base, _) => Some(base),
+    };
+    let source = match base {
+        None => SystemSource::Snapshot { id: options.base_snapshot.ok_or_else(invalid)? },
+        Some(Base::Image(reference)) => {
+            let id = image_id(reference, engine).await?;
+            system.bases.insert(reference.to_owned(), id.clone());
+            SystemSource::Image { reference: reference.to_owned(), id }
+        }
+        Some(Base::Default | Base::Snapshot(_)) => {
+            let reference = options.default_image.clone();
+            let id = image_id(&reference, engine).await?;
+            system.bases.insert(reference.clone(), id.clone());
+            SystemSource::Image { reference, id }
+        }
+        Some(Base::Build(build)) => {
+            let Some(context_dir) = paths.context.clone() else {
+                return Err(BuildError::Invalid(format!(
+                    "the build context of `{}` is missing",
+                    loaded.file.display()
+                )));
+            };
+            let (dockerfile, dockerfile_text) = match (&build.dockerfile_contents, &paths.dockerfile) {
+                (Some(text), _) => (Dockerfile::Inline(text.clone()), text.clone()),
+                (None, Some(file)) => {
+                    let text = std::fs::read_to_string(file).map_err(BuildError::io(format!(
+                        "cannot read the Dockerfile `{}`",
+                        file.display()
+                    )))?;
+                    (Dockerfile::File(file.clone()), text)
+                }
+                (None, None) => {
+                    return Err(BuildError::Invalid(format!(
+                        "the Dockerfile of `{}` is missing",
+                        loaded.file.display()
+                    )));
+                }
+            };
+            let config = paths.config_file.clone();
+            let context = blocking("reading the build context", move || {
+                context::collect(&context_dir, &dockerfile, &config)
+            })
+            .await?;
+            for base in dockerfile::base_images(&dockerfile_text, &options.build_args) {
+                let id = image_id(&base.0, engine).await?;
+                system.bases.insert(base.0, id);
+            }
+            system.dockerfile = Some(crate::tree::hash_text(&dockerfile_text));
+            system.context = context.files.fingerprints();
+            system.build_args.clone_from(&options.build_args);
+            SystemSource::Dockerfile { context, dockerfile_text }
+        }
     };
     let repo = paths.repo_root.clone();
     let inputs = {

@@ -23,7 +23,8 @@ use crate::engine::{
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
     Image(String),
-    Build { tag: String, dockerfile: String, build_args: BTreeMap<String, String> },
+    Pull(String),
+    Build { tag: String, dockerfile: String, build_args: BTreeMap<String, String>, secrets: Vec<String> },
     Import { tag: String },
     RemoveImage(String),
     CreateContainer { image: String, cmd: Vec<String>, user: Option<String>, env: Vec<String> },
@@ -74,6 +75,8 @@ pub struct Script {
     pub exports: VecDeque<Bytes>,
     /// Files `download` finds in every container (`/etc/passwd`...), as their contents.
     pub files: BTreeMap<String, Vec<u8>>,
+    /// Images a pull finds (by reference); every other pull fails as with no registry.
+    pub pullable: std::collections::BTreeSet<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -200,11 +203,25 @@ impl ContainerEngine for FakeEngine {
         Ok(self.with(|s| s.resolve_image(reference).and_then(|id| s.images.get(&id).cloned())))
     }
 
+    async fn pull(&self, reference: &str) -> Result<ImageInfo, EngineError> {
+        self.record(Call::Pull(reference.to_owned()));
+        let pullable = self.with(|s| s.script.pullable.contains(reference));
+        if !pullable {
+            return Err(EngineError::Rejected {
+                operation: format!("pull the image `{reference}`"),
+                message: "no registry answers (the fake engine has no network)".into(),
+            });
+        }
+        self.add_image(reference, ImageConfig::default(), BTreeMap::new());
+        self.image(reference).await?.ok_or_else(|| not_found("image", reference))
+    }
+
     async fn build(&self, request: BuildRequest) -> Result<BuildStream, EngineError> {
         self.record(Call::Build {
             tag: request.tag.clone(),
             dockerfile: request.dockerfile.clone(),
             build_args: request.build_args.clone(),
+            secrets: request.secrets.keys().cloned().collect(),
         });
         // The context is read to its end, as the engine would.
         let mut context = request.context;

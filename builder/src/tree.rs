@@ -33,6 +33,9 @@ pub struct FileEntry {
     pub hash: String,
     /// Where the content is read from.
     pub source: PathBuf,
+    /// The content itself, for a file made in memory (an inline Dockerfile); `source` is then
+    /// only its name.
+    pub inline: Option<std::sync::Arc<[u8]>>,
 }
 
 impl FileEntry {
@@ -66,7 +69,13 @@ impl FileSet {
     }
 
     pub fn total_size(&self) -> u64 {
-        self.entries.iter().filter_map(|e| std::fs::metadata(&e.source).ok()).map(|m| m.len()).sum()
+        self.entries
+            .iter()
+            .map(|e| match &e.inline {
+                Some(contents) => contents.len() as u64,
+                None => std::fs::metadata(&e.source).map_or(0, |m| m.len()),
+            })
+            .sum()
     }
 
     /// Writes the set as a tar stream under `prefix` (`""` or `dir/`), every entry owned by
@@ -101,6 +110,12 @@ impl FileSet {
                 Kind::Symlink { target } => {
                     let mut header = header(tar::EntryType::Symlink, 0o777, 0, owner);
                     builder.append_link(&mut header, &full, target)?;
+                }
+                Kind::File { executable } if entry.inline.is_some() => {
+                    let contents = entry.inline.as_deref().unwrap_or_default();
+                    let mode = if *executable { 0o755 } else { 0o644 };
+                    let mut header = header(tar::EntryType::Regular, mode, contents.len() as u64, owner);
+                    builder.append_data(&mut header, &full, contents)?;
                 }
                 Kind::File { executable } => {
                     let file = std::fs::File::open(&entry.source)?;
@@ -216,7 +231,18 @@ pub fn entry_for(path: String, source: PathBuf) -> Result<Option<FileEntry>> {
         return Ok(None);
     };
     let hash = if matches!(kind, Kind::File { .. }) { hash_file(&source)? } else { String::new() };
-    Ok(Some(FileEntry { path, kind, hash, source }))
+    Ok(Some(FileEntry { path, kind, hash, source, inline: None }))
+}
+
+/// A file made in memory, such as a Dockerfile given inline.
+pub fn inline_entry(path: String, contents: &[u8]) -> FileEntry {
+    FileEntry {
+        hash: envbuild_schema::Digest::of(contents).to_string(),
+        source: PathBuf::from(&path),
+        path,
+        kind: Kind::File { executable: false },
+        inline: Some(std::sync::Arc::from(contents)),
+    }
 }
 
 #[cfg(test)]

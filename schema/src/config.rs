@@ -6,10 +6,15 @@
 //! [`Diagnostic`]. Only regular files are opened (a FIFO would block `open`), and at most
 //! `MAX_CONFIG_BYTES + 1` bytes are read whatever the metadata claims.
 //!
-//! Paths in `build` are relative to the folder that holds the file. The repository root is, in
-//! order: the root given by the caller; the parent of a folder named `.cursor`; the nearest
-//! ancestor with a `.git`; the folder of the file. The Dockerfile and the context must stay
-//! inside it, both as written (`..` components) and after symlinks are resolved.
+//! Paths in `build` are relative to the folder that holds the file (`.cursor/`), as in Cursor:
+//! `build.dockerfile` there, and `build.context` there too, defaulting to that folder, except
+//! that `.`, `./` and `..` all mean the repository root. The repository root is, in order: the
+//! root given by the caller; the parent of a folder named `.cursor`; the nearest ancestor with
+//! a `.git`; the folder of the file. The Dockerfile and the context must stay inside it, both
+//! as written (`..` components) and after symlinks are resolved.
+//!
+//! [`find`] locates a repository's config from anywhere inside it: the nearest ancestor with a
+//! `.cursor/environment.json`, stopping at the repository root (the nearest `.git`).
 
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
@@ -197,6 +202,24 @@ fn resolve_paths(file: &Path, repo_root: Option<&Path>) -> Option<ResolvedPaths>
     Some(ResolvedPaths { config_file, config_dir, repo_root, dockerfile: None, context: None })
 }
 
+/// A repository's config, found from `start` (a directory inside the repository, or the
+/// repository itself): the nearest ancestor holding `.cursor/environment.json`, searching no
+/// higher than the repository root (the nearest ancestor with `.git`). Returns the root to use
+/// and the config file; when there is none, the repository root (else `start`) and where its
+/// config belongs.
+pub fn find(start: &Path) -> (PathBuf, PathBuf) {
+    for dir in start.ancestors() {
+        let candidate = dir.join(DEFAULT_CONFIG_PATH);
+        if candidate.is_file() {
+            return (dir.to_path_buf(), candidate);
+        }
+        if dir.join(".git").exists() {
+            return (dir.to_path_buf(), candidate);
+        }
+    }
+    (start.to_path_buf(), start.join(DEFAULT_CONFIG_PATH))
+}
+
 /// See the module docs for the order of the rules.
 pub fn discover_repo_root(config_dir: &Path) -> PathBuf {
     if config_dir.file_name().is_some_and(|n| n == ".cursor")
@@ -251,34 +274,49 @@ fn check_build_paths(
     sink: &mut Sink<'_>,
 ) {
     let Some(build) = &spec.build else { return };
-    let dockerfile_offset = member_value_offset(root, "build", "dockerfile");
-    paths.dockerfile = check_path(
-        &build.dockerfile,
-        "build.dockerfile",
-        "the Dockerfile",
-        Expect::File,
-        dockerfile_offset,
-        paths,
-        sink,
-    );
-    let context_offset = if build.context.is_some() {
+    if let Some(dockerfile) = &build.dockerfile {
+        let offset = member_value_offset(root, "build", "dockerfile");
+        let written = paths.config_dir.join(dockerfile);
+        paths.dockerfile = check_path(
+            dockerfile,
+            &written,
+            "build.dockerfile",
+            "the Dockerfile",
+            Expect::File,
+            offset,
+            paths,
+            sink,
+        );
+    }
+    let offset = if build.context.is_some() {
         member_value_offset(root, "build", "context")
     } else {
         member_value_offset(root, "$", "build")
     };
+    let (written, path) = match build.context.as_deref() {
+        // Cursor special-cases these three: they all mean the repository root.
+        _ if build.context_is_repository_root() => {
+            (build.context.clone().unwrap_or_default(), paths.repo_root.clone())
+        }
+        Some(context) => (context.to_owned(), paths.config_dir.join(context)),
+        None => (".cursor/ (the default)".to_owned(), paths.config_dir.clone()),
+    };
     paths.context = check_path(
-        build.context_or_default(),
+        &written,
+        &path,
         "build.context",
         "the build context",
         Expect::Directory,
-        context_offset,
+        offset,
         paths,
         sink,
     );
 }
 
+#[allow(clippy::too_many_arguments)]
 fn check_path(
     written: &str,
+    joined: &Path,
     json_path: &str,
     what: &str,
     expect: Expect,
@@ -296,7 +334,7 @@ fn check_path(
         sink.error(offset, json_path, format!("{what} path `{written}` is absolute"), relative_hint());
         return None;
     }
-    let lexical = normalize_lexically(&paths.config_dir.join(written));
+    let lexical = normalize_lexically(joined);
     if !lexical.starts_with(&paths.repo_root) {
         sink.error(
             offset,
@@ -368,6 +406,59 @@ mod tests {
         );
         assert_eq!(normalize_lexically(Path::new("/r/./a/./b")), PathBuf::from("/r/a/b"));
         assert_eq!(normalize_lexically(Path::new("/r/../../..")), PathBuf::from("/"));
+    }
+
+    #[test]
+    fn find_walks_up_to_the_config_and_not_past_the_repository() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo");
+        std::fs::create_dir_all(repo.join(".git")).unwrap();
+        std::fs::create_dir_all(repo.join(".cursor")).unwrap();
+        std::fs::create_dir_all(repo.join("src/deep")).unwrap();
+        std::fs::write(repo.join(".cursor/environment.json"), "{}").unwrap();
+        let (root, file) = find(&repo.join("src/deep"));
+        assert_eq!((root.as_path(), file), (repo.as_path(), repo.join(".cursor/environment.json")));
+        // A repository without a config: its root, not a config above it.
+        std::fs::create_dir_all(dir.path().join(".cursor")).unwrap();
+        std::fs::write(dir.path().join(".cursor/environment.json"), "{}").unwrap();
+        std::fs::remove_file(repo.join(".cursor/environment.json")).unwrap();
+        let (root, file) = find(&repo.join("src"));
+        assert_eq!((root.as_path(), file), (repo.as_path(), repo.join(".cursor/environment.json")));
+    }
+
+    /// Cursor's rules: `dockerfile` and `context` are relative to `.cursor/`, the context
+    /// defaults to `.cursor/`, and `.`, `./` and `..` all mean the repository root.
+    #[test]
+    fn context_resolution() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = std::fs::canonicalize(dir.path()).unwrap();
+        std::fs::create_dir_all(repo.join(".cursor/sub")).unwrap();
+        std::fs::write(repo.join(".cursor/Dockerfile"), "FROM scratch\n").unwrap();
+        let file = repo.join(".cursor/environment.json");
+        let cases = [
+            (r#""context": ".""#, repo.clone()),
+            (r#""context": "./""#, repo.clone()),
+            (r#""context": "..""#, repo.clone()),
+            (r#""context": "sub""#, repo.join(".cursor/sub")),
+            ("", repo.join(".cursor")),
+        ];
+        for (context, expected) in cases {
+            let comma = if context.is_empty() { "" } else { ", " };
+            std::fs::write(&file, format!(r#"{{"build": {{"dockerfile": "Dockerfile"{comma}{context}}}}}"#))
+                .unwrap();
+            let loaded = load(&file, None);
+            assert!(!loaded.has_errors(), "{context}: {:?}", loaded.diagnostics);
+            let paths = loaded.paths.unwrap();
+            assert_eq!(paths.context.as_deref(), Some(expected.as_path()), "{context}");
+            assert_eq!(
+                paths.dockerfile.as_deref(),
+                Some(repo.join(".cursor/Dockerfile").as_path()),
+                "{context}"
+            );
+        }
+        // `../..` is outside the repository, whatever `..` alone means.
+        std::fs::write(&file, r#"{"build": {"dockerfile": "Dockerfile", "context": "../.."}}"#).unwrap();
+        assert!(load(&file, None).has_errors());
     }
 
     #[test]

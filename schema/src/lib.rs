@@ -26,8 +26,10 @@ pub mod spec;
 pub mod suggest;
 mod validate;
 
-pub use config::{DEFAULT_CONFIG_PATH, LoadedConfig, ResolvedPaths, load, load_bytes};
+pub use config::{DEFAULT_CONFIG_PATH, LoadedConfig, ResolvedPaths, find, load, load_bytes};
 pub use diagnostic::{Diagnostic, Position, Severity};
 pub use digest::Digest;
 pub use secret::SecretString;
-pub use spec::{Build, EnvironmentSpec, NamedTerminal, Port, Terminal, TerminalItem};
+pub use spec::{
+    Base, Build, EgressMode, EnvironmentSpec, McpServer, NamedTerminal, Port, Terminal, TerminalItem,
+};

@@ -1,16 +1,19 @@
 //! "Did you mean" suggestions for misspelled names.
 //!
-//! A candidate is suggested when it matches ignoring case, or when the edit distance (optimal
-//! string alignment: insertions, deletions, substitutions and swaps of neighbours) is at most a
-//! third of the longer name, and at least 1. `biuld` → `build`, `dockerFile` → `dockerfile`.
+//! A candidate is suggested when it matches ignoring case, `_` and `-` (`enableTesting` →
+//! `enable_testing`, `ALLOW_ALL` → `allow_all`), or when the edit distance (optimal string
+//! alignment: insertions, deletions, substitutions and swaps of neighbours) is at most a third
+//! of the longer name, and at least 1. `biuld` → `build`, `dockerFile` → `dockerfile`.
 
 /// The closest candidate to `name`, if any is close enough to be a plausible typo.
 pub fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let fold = |s: &str| s.chars().filter(|c| !matches!(c, '_' | '-')).collect::<String>().to_lowercase();
     let lower = name.to_lowercase();
+    let folded = fold(name);
     let mut best: Option<(usize, &str)> = None;
     for candidate in candidates {
         let candidate_lower = candidate.to_lowercase();
-        if candidate_lower == lower {
+        if candidate_lower == lower || fold(candidate) == folded {
             return Some(candidate);
         }
         let distance = edit_distance(&lower, &candidate_lower);

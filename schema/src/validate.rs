@@ -1,11 +1,13 @@
 //! Structural validation: the spanned JSON tree against the environment.json format.
 //!
 //! Every field is checked and every problem reported, so one run shows them all. The rules
-//! follow Cursor's schema exactly, so every file Cursor accepts passes: unknown fields are
-//! errors at the top level and in `build` (Cursor closes those objects), but only warnings in
-//! `terminals` and `ports` items, which Cursor leaves open. Beyond the schema, duplicate keys
-//! are warned about (JSON.parse keeps the last), and terminal names and ports must be unique
-//! because boot addresses terminals by name and ports collide.
+//! follow Cursor's schema, so every file Cursor accepts passes: unknown fields are errors at
+//! the top level, in `build` and in `mcpServerAllowlist` items (Cursor closes those objects),
+//! but only warnings in `terminals` and `ports` items, which Cursor leaves open. `$schema` is
+//! accepted with a warning, since Cursor's own validator rejects it. Beyond the schema,
+//! duplicate keys are warned about (JSON.parse keeps the last), terminal names and ports must
+//! be unique because boot addresses terminals by name and ports collide, and a base that
+//! another takes precedence over is named in a warning.
 //!
 //! The checks that need the file system (Dockerfile exists, paths stay in the repository) live
 //! in `config`, which runs after this.
@@ -14,23 +16,30 @@ use std::collections::HashMap;
 
 use crate::diagnostic::Sink;
 use crate::jsonc::{Member, Node, NodeKind, child_path, index_path};
-use crate::spec::{Build, EnvironmentSpec, Port, Terminal, TerminalItem};
+use crate::spec::{Build, EgressMode, EnvironmentSpec, McpServer, Port, Terminal, TerminalItem};
 use crate::suggest;
 
 pub(crate) const TOP_LEVEL_FIELDS: &[&str] = &[
-    "$schema",
     "name",
     "user",
     "install",
     "start",
     "terminals",
-    "build",
-    "snapshot",
-    "agentCanUpdateSnapshot",
     "ports",
     "repositoryDependencies",
+    "snapshot",
+    "image",
+    "build",
+    "agentCanUpdateSnapshot",
+    "disableAllMcpServers",
+    "mcpServerAllowlist",
+    "egressAllowlist",
+    "egressMode",
+    "chromeExecutablePath",
+    "enable_testing",
 ];
-const BUILD_FIELDS: &[&str] = &["dockerfile", "context"];
+const BUILD_FIELDS: &[&str] = &["dockerfile", "dockerfileContents", "context"];
+const MCP_FIELDS: &[&str] = &["name", "serverUrl", "command", "toolAllowlist"];
 const TERMINAL_FIELDS: &[&str] = &["name", "command", "description"];
 const PORT_FIELDS: &[&str] = &["port", "name"];
 
@@ -41,9 +50,7 @@ fn foreign_field_hint(object: &str, key: &str) -> Option<&'static str> {
         ("$", "dockerfile" | "dockerFile" | "context") => {
             "this belongs inside `build`: `\"build\": { \"dockerfile\": \"Dockerfile\", \"context\": \"..\" }`"
         }
-        ("$" | "build", "image") => {
-            "environment.json has no `image`; write `FROM <image>` in a Dockerfile and set `build.dockerfile`"
-        }
+        ("build", "image") => "`image` is a top-level field: `\"image\": \"node:22\"`, outside `build`",
         ("$", "postCreateCommand" | "onCreateCommand" | "updateContentCommand" | "setup") => {
             "that is a devcontainer.json field; environment.json calls it `install`"
         }
@@ -60,7 +67,10 @@ fn foreign_field_hint(object: &str, key: &str) -> Option<&'static str> {
             "environment.json has no environment variables; store values with `envbuild secrets set NAME`"
         }
         ("build", "args" | "buildArgs" | "target") => {
-            "Cursor's `build` takes only `dockerfile` and `context`"
+            "Cursor's `build` takes only `dockerfile`, `dockerfileContents` and `context`; pass build args with `envbuild build --build-arg`"
+        }
+        ("$", "enableTesting" | "enable-testing") => {
+            "the field is spelled `enable_testing`, with an underscore"
         }
         _ => return None,
     })
@@ -87,12 +97,25 @@ pub(crate) fn check(root: &Node, sink: &mut Sink<'_>) -> EnvironmentSpec {
         match member.key.as_str() {
             "$schema" => {
                 string(value, &path, sink);
+                sink.warning(
+                    member.key_span.start,
+                    &path,
+                    "`$schema` is accepted by envbuild, but Cursor's own validator rejects it".into(),
+                    Some("remove it if Cursor reads this file; editors can be pointed at `envbuild schema` in their settings instead".into()),
+                );
             }
             "name" => spec.name = string(value, &path, sink),
             "user" => spec.user = non_empty_string(value, &path, sink),
             "install" => spec.install = command(value, &path, sink),
             "start" => spec.start = command(value, &path, sink),
             "snapshot" => spec.snapshot = non_empty_string(value, &path, sink),
+            "image" => spec.image = non_empty_string(value, &path, sink),
+            "disableAllMcpServers" => spec.disable_all_mcp_servers = boolean(value, &path, sink),
+            "mcpServerAllowlist" => spec.mcp_server_allowlist = mcp_servers(value, &path, sink),
+            "egressAllowlist" => spec.egress_allowlist = hosts(value, &path, sink),
+            "egressMode" => spec.egress_mode = egress_mode(value, &path, sink),
+            "chromeExecutablePath" => spec.chrome_executable_path = non_empty_string(value, &path, sink),
+            "enable_testing" => spec.enable_testing = boolean_or_word(value, &path, sink),
             "agentCanUpdateSnapshot" => spec.agent_can_update_snapshot = boolean(value, &path, sink),
             "build" => spec.build = build(value, &path, sink),
             "terminals" => spec.terminals = terminals(value, &path, sink),
@@ -107,28 +130,153 @@ pub(crate) fn check(root: &Node, sink: &mut Sink<'_>) -> EnvironmentSpec {
             _ => unknown_field(member, "$", TOP_LEVEL_FIELDS, true, sink),
         }
     }
-    if spec.build.is_none() && spec.snapshot.is_none() {
-        sink.error(
-            root.span.start,
-            "$",
-            "neither `build` nor `snapshot` is set, so there is nothing to build the environment from".into(),
-            Some(
-                "add `\"build\": { \"dockerfile\": \"Dockerfile\" }` (relative to `.cursor/`), or `\"snapshot\"` with a snapshot id or ref"
-                    .into(),
-            ),
-        );
-    }
-    if spec.build.is_some() && spec.snapshot.is_some() {
-        let at =
-            members.iter().rev().find(|m| m.key == "snapshot").map_or(root.span.start, |m| m.key_span.start);
-        sink.warning(
-            at,
-            "snapshot",
-            "both `build` and `snapshot` are set; envbuild builds from `build` and ignores `snapshot`".into(),
-            Some("remove one of them to say which base you mean".into()),
-        );
-    }
+    precedence_warnings(&spec, members, root, sink);
     spec
+}
+
+/// Warns about each base that a higher one takes precedence over (snapshot > image > build).
+fn precedence_warnings(spec: &EnvironmentSpec, members: &[Member], root: &Node, sink: &mut Sink<'_>) {
+    let at =
+        |key: &str| members.iter().rev().find(|m| m.key == key).map_or(root.span.start, |m| m.key_span.start);
+    let winner = if spec.snapshot.is_some() {
+        "snapshot"
+    } else if spec.image.is_some() {
+        "image"
+    } else {
+        return;
+    };
+    let mut ignored = Vec::new();
+    if winner == "snapshot" && spec.image.is_some() {
+        ignored.push("image");
+    }
+    if spec.build.is_some() {
+        ignored.push("build");
+    }
+    for field in ignored {
+        let fallback = if winner == "snapshot" {
+            " (it is still the fallback when the snapshot cannot be used)"
+        } else {
+            ""
+        };
+        sink.warning(
+            at(field),
+            field,
+            format!("`{winner}` takes precedence, so `{field}` is not used{fallback}"),
+            Some(format!("remove `{field}` if `{winner}` is the base you mean")),
+        );
+    }
+}
+
+fn mcp_servers(node: &Node, path: &str, sink: &mut Sink<'_>) -> Vec<McpServer> {
+    let mut servers = Vec::new();
+    for (i, item) in array(node, path, sink).iter().enumerate() {
+        let item_path = index_path(path, i);
+        let Some(members) = object(item, &item_path, sink) else { continue };
+        let mut server = McpServer::default();
+        for member in unique_members(members, &item_path, sink) {
+            let field_path = child_path(&item_path, &member.key);
+            match member.key.as_str() {
+                "name" => server.name = string(&member.value, &field_path, sink),
+                "serverUrl" => server.server_url = non_empty_string(&member.value, &field_path, sink),
+                "command" => server.command = non_empty_string(&member.value, &field_path, sink),
+                "toolAllowlist" => {
+                    server.tool_allowlist = Some(
+                        array(&member.value, &field_path, sink)
+                            .iter()
+                            .enumerate()
+                            .filter_map(|(j, t)| non_empty_string(t, &index_path(&field_path, j), sink))
+                            .collect(),
+                    );
+                }
+                _ => unknown_field(member, &item_path, MCP_FIELDS, true, sink),
+            }
+        }
+        let named_by = members.iter().any(|m| m.key == "serverUrl" || m.key == "command");
+        if !named_by {
+            sink.error(
+                item.span.start,
+                &item_path,
+                "an MCP server entry needs a `serverUrl` or a `command`".into(),
+                Some("add `\"serverUrl\": \"https://mcp.example.com/sse\"` or `\"command\": \"npx my-mcp-server\"`".into()),
+            );
+        }
+        servers.push(server);
+    }
+    servers
+}
+
+/// Hosts of `egressAllowlist`. Cursor takes any string; a URL or a path where a host belongs is
+/// worth a warning, since it would match no host.
+fn hosts(node: &Node, path: &str, sink: &mut Sink<'_>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, item) in array(node, path, sink).iter().enumerate() {
+        let item_path = index_path(path, i);
+        let Some(host) = non_empty_string(item, &item_path, sink) else { continue };
+        if let Some((scheme, rest)) = host.split_once("://") {
+            let bare = rest.split('/').next().unwrap_or(rest);
+            sink.warning(
+                item.span.start,
+                &item_path,
+                format!("`{host}` is a URL; egress rules match host names"),
+                Some(format!("write the host alone: `{bare}` (without `{scheme}://`)")),
+            );
+        } else if host.contains('/') || host.chars().any(char::is_whitespace) {
+            sink.warning(
+                item.span.start,
+                &item_path,
+                format!("`{host}` does not look like a host name"),
+                Some("write a host such as `registry.npmjs.org` or `*.github.com`".into()),
+            );
+        }
+        out.push(host);
+    }
+    out
+}
+
+fn egress_mode(node: &Node, path: &str, sink: &mut Sink<'_>) -> Option<EgressMode> {
+    let text = string(node, path, sink)?;
+    if let Some(mode) = EgressMode::parse(&text) {
+        return Some(mode);
+    }
+    let names: Vec<&str> = EgressMode::ALL.iter().map(|m| m.as_str()).collect();
+    let hint = suggest::closest(&text, names.iter().copied()).map(|m| format!("did you mean `{m}`?"));
+    sink.error(
+        node.span.start,
+        path,
+        format!(
+            "`{text}` is not an egress mode; the modes are {}",
+            names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+        ),
+        hint,
+    );
+    None
+}
+
+/// A boolean, also written as the string `"true"` or `"false"` (Cursor accepts both).
+fn boolean_or_word(node: &Node, path: &str, sink: &mut Sink<'_>) -> Option<bool> {
+    match &node.kind {
+        NodeKind::Bool(b) => Some(*b),
+        NodeKind::String(s) if s == "true" => Some(true),
+        NodeKind::String(s) if s == "false" => Some(false),
+        NodeKind::String(s) => {
+            let hint = match s.trim().to_ascii_lowercase().as_str() {
+                "true" | "yes" | "on" | "1" => Some("write `true`".to_owned()),
+                "false" | "no" | "off" | "0" => Some("write `false`".to_owned()),
+                _ => None,
+            };
+            sink.error(
+                node.span.start,
+                path,
+                format!("expected `true` or `false`, found the string `{s}`"),
+                hint,
+            );
+            None
+        }
+        _ => {
+            type_error(node, path, "a boolean (or the string `\"true\"` or `\"false\"`)", sink);
+            None
+        }
+    }
 }
 
 /// The members of an object with duplicates resolved as JSON.parse does (the last wins),
@@ -224,7 +372,9 @@ fn non_empty_string(node: &Node, path: &str, sink: &mut Sink<'_>) -> Option<Stri
             "user" => "remove the field to run as the image's USER",
             "snapshot" => "set a snapshot id (`sha256:...`) or ref name, or remove the field",
             "build.dockerfile" => "set the Dockerfile's path, relative to the folder of environment.json",
+            "build.dockerfileContents" => "write the Dockerfile's text, or use `dockerfile` with its path",
             "build.context" => "remove the field to use the folder of environment.json",
+            "image" => "name an image such as `node:22-bookworm`, or remove the field for the default base",
             _ => "give it a value or remove the field",
         };
         sink.error(node.span.start, path, "must not be empty".into(), Some(hint.into()));
@@ -276,29 +426,38 @@ fn object<'n>(node: &'n Node, path: &str, sink: &mut Sink<'_>) -> Option<&'n [Me
 
 fn build(node: &Node, path: &str, sink: &mut Sink<'_>) -> Option<Build> {
     let members = object(node, path, sink)?;
-    let mut dockerfile = None;
-    let mut context = None;
-    let mut saw_dockerfile = false;
+    let mut build = Build::default();
     for member in unique_members(members, path, sink) {
         let field_path = child_path(path, &member.key);
         match member.key.as_str() {
-            "dockerfile" => {
-                saw_dockerfile = true;
-                dockerfile = non_empty_string(&member.value, &field_path, sink);
+            "dockerfile" => build.dockerfile = non_empty_string(&member.value, &field_path, sink),
+            "dockerfileContents" => {
+                build.dockerfile_contents = non_empty_string(&member.value, &field_path, sink);
             }
-            "context" => context = non_empty_string(&member.value, &field_path, sink),
+            "context" => build.context = non_empty_string(&member.value, &field_path, sink),
             _ => unknown_field(member, path, BUILD_FIELDS, true, sink),
         }
     }
-    if !saw_dockerfile {
-        sink.error(
+    let has = |key: &str| members.iter().any(|m| m.key == key);
+    match (has("dockerfile"), has("dockerfileContents")) {
+        (false, false) => sink.error(
             node.span.start,
-            &child_path(path, "dockerfile"),
-            "`build` needs a `dockerfile`".into(),
-            Some("add `\"dockerfile\": \"Dockerfile\"` (relative to the folder of environment.json)".into()),
-        );
+            path,
+            "`build` needs a `dockerfile` or `dockerfileContents`".into(),
+            Some("add `\"dockerfile\": \"Dockerfile\"` (relative to the folder of environment.json), or the Dockerfile's text as `\"dockerfileContents\"`".into()),
+        ),
+        (true, true) => {
+            let at = members.iter().rev().find(|m| m.key == "dockerfile").map_or(node.span.start, |m| m.key_span.start);
+            sink.warning(
+                at,
+                &child_path(path, "dockerfile"),
+                "both `dockerfile` and `dockerfileContents` are set; envbuild builds `dockerfileContents`".into(),
+                Some("remove one of them to say which Dockerfile you mean".into()),
+            );
+        }
+        _ => {}
     }
-    Some(Build { dockerfile: dockerfile?, context })
+    (build.dockerfile.is_some() || build.dockerfile_contents.is_some()).then_some(build)
 }
 
 fn terminals(node: &Node, path: &str, sink: &mut Sink<'_>) -> Vec<TerminalItem> {

@@ -311,6 +311,14 @@ pub struct RepoArgs {
     /// Secret scopes whose secrets apply (repeatable): `workspace`, `team:NAME`, `PREFIX*`.
     #[arg(long = "scope", value_name = "SCOPE", default_value = "workspace")]
     pub scopes: Vec<envbuild_secrets::Scope>,
+    /// The base image of a config that names no `snapshot`, `image` or `build` (Cursor's
+    /// default base).
+    #[arg(long, value_name = "IMAGE", env = env::BASE_IMAGE, default_value = envbuild_builder::plan::DEFAULT_BASE_IMAGE)]
+    pub base_image: String,
+    /// Fail where Cursor would fall back with a warning: a `snapshot` that cannot be used (and,
+    /// with --check-idempotent, an install that is not idempotent).
+    #[arg(long)]
+    pub strict: bool,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -331,9 +339,6 @@ pub struct BuildArgs {
     /// Run install a second time on the result and report what it changed.
     #[arg(long)]
     pub check_idempotent: bool,
-    /// With --check-idempotent, a non-idempotent install is an error (exit 1).
-    #[arg(long, requires = "check_idempotent")]
-    pub strict: bool,
     /// Print a JSON report (id, keys, hit or miss, timings, sizes) instead of the id.
     #[arg(long)]
     pub json: bool,

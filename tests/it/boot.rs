@@ -219,6 +219,18 @@ async fn boot_runs_install_start_and_terminals_with_masked_secrets() {
     follow.kill().unwrap();
     follow.wait().unwrap();
 
+    // The environment finds its settings: its normalized config, read-only, and variables.
+    let settings = std::process::Command::new("docker")
+        .args(["exec", &name, "sh", "-c", "ls -l /etc/envbuild/environment.json; cat $ENVBUILD_CONFIG; echo; echo testing=$ENVBUILD_ENABLE_TESTING"])
+        .output()
+        .unwrap();
+    let settings = String::from_utf8_lossy(&settings.stdout);
+    assert!(settings.contains("-r--r--r--"), "{settings}");
+    assert!(
+        settings.contains("\"agentCanUpdateSnapshot\": false") && settings.contains("testing=true"),
+        "{settings}"
+    );
+
     // Still running a moment later.
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     let ps: serde_json::Value = json(&eb(store.path(), home.path()).args(["ps", "--json"]).output().unwrap());

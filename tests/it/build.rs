@@ -352,11 +352,45 @@ async fn a_failed_build_leaves_no_layers_or_containers() {
     std::fs::write(&dockerfile, format!("{text}RUN echo '{unique}' > /made-by-this-build\nRUN exit 7\n"))
         .unwrap();
     let store = tempfile::tempdir().unwrap();
+    let keys = envbuild(store.path()).args(["key", "--json", "--repo"]).arg(repo.path()).output().unwrap();
+    let system_key = json(&keys)["system_key"].as_str().unwrap().to_owned();
     let out = envbuild(store.path()).args(["build", "--repo"]).arg(repo.path()).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("the build of the Dockerfile failed") && stderr.contains("non-zero code: 7"),
+        stderr.contains("the build of the Dockerfile failed") && stderr.contains("exit code: 7"),
+        "{stderr}"
+    );
+    // No image under the system key, and no container: BuildKit keeps the steps that ran as
+    // build cache (Docker's layer cache), not as images.
+    let tag = format!("envbuild-system:{}", system_key.trim_start_matches("sha256:"));
+    assert!(engine.image(&tag).await.unwrap().is_none(), "the failed build left an image");
+    assert!(engine.containers("envbuild.role=install").await.unwrap().is_empty());
+}
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_classic_build_leaves_no_layers_or_containers() {
+    let Some(engine) = engine().await else { return };
+    let repo = repo("basic");
+    let dockerfile = repo.path().join(".cursor/Dockerfile");
+    let text = std::fs::read_to_string(&dockerfile).unwrap();
+    // A fresh layer (a unique value defeats the layer cache), then a failing step.
+    let unique = format!("{:?}", std::time::SystemTime::now());
+    std::fs::write(&dockerfile, format!("{text}RUN echo '{unique}' > /made-by-this-build\nRUN exit 7\n"))
+        .unwrap();
+    let store = tempfile::tempdir().unwrap();
+    // The classic builder, as on an engine without BuildKit: it says what that disables.
+    let out = envbuild(store.path())
+        .env("ENVBUILD_BUILDKIT", "0")
+        .args(["build", "--repo"])
+        .arg(repo.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the build of the Dockerfile failed")
+            && stderr.contains("non-zero code: 7")
+            && stderr.contains("no `RUN --mount`"),
         "{stderr}"
     );
     // The layers this build made (" ---> <id>" after " ---> Running in") are gone.

@@ -4,8 +4,10 @@
 // Test helpers may panic: a panic is a failed test with its message.
 #![allow(clippy::unwrap_used, clippy::print_stderr, unreachable_pub)]
 
+mod bases;
 mod boot;
 mod build;
+mod cursor_format;
 mod export;
 #[cfg(feature = "s3")]
 mod s3;

@@ -145,3 +145,36 @@ fn init_writes_a_valid_starter_and_never_overwrites() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("never overwrites"));
     assert_eq!(std::fs::read(&config).unwrap(), before);
 }
+
+/// Run from a subfolder, commands find the repository's config by walking up, and `init`
+/// writes at the repository root, never a nested `.cursor/`.
+#[test]
+fn the_config_is_found_from_a_subfolder_and_init_never_nests() {
+    let repo = crate::build::repo("basic");
+    let deep = repo.path().join("src/deep");
+    std::fs::create_dir_all(&deep).unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let from_root = crate::build::json(
+        &crate::build::envbuild(store.path())
+            .args(["key", "--json", "--repo"])
+            .arg(repo.path())
+            .output()
+            .unwrap(),
+    );
+    let out =
+        crate::build::envbuild(store.path()).current_dir(&deep).args(["key", "--json"]).output().unwrap();
+    let from_deep = crate::build::json(&out);
+    assert_eq!(from_root["env_key"], from_deep["env_key"]);
+
+    let bare = tempfile::tempdir().unwrap();
+    crate::build::git(bare.path(), &["init", "-q"]);
+    std::fs::create_dir_all(bare.path().join("services/api")).unwrap();
+    let out = envbuild()
+        .current_dir(bare.path().join("services/api"))
+        .args(["init", "--repo", "."])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(bare.path().join(".cursor/environment.json").is_file());
+    assert!(!bare.path().join("services/api/.cursor").exists(), "init nested a .cursor/ in a subfolder");
+}

@@ -25,10 +25,10 @@ use crate::build::repo;
 
 /// Everything the workflow reported, to check nothing secret got through.
 #[derive(Debug, Default)]
-struct Collected(Mutex<Vec<u8>>);
+pub(crate) struct Collected(Mutex<Vec<u8>>);
 
 impl Collected {
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
 }
@@ -45,16 +45,34 @@ impl Reporter for Collected {
     }
 }
 
-struct World {
+pub(crate) struct World {
     _dirs: Vec<tempfile::TempDir>,
-    repo: tempfile::TempDir,
-    store: Arc<dyn Store>,
-    keyring: Keyring,
-    reporter: Arc<Collected>,
+    pub(crate) repo: tempfile::TempDir,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) keyring: Keyring,
+    pub(crate) reporter: Arc<Collected>,
 }
 
 impl World {
-    fn new(fixture: &str) -> Self {
+    /// A repository of its own: `.cursor/environment.json` is `config`, `files` are written
+    /// beside it (paths relative to the repository), and it is one git commit.
+    pub(crate) fn with_config(config: &str, files: &[(&str, &str)]) -> Self {
+        let repo = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(repo.path().join(".cursor")).unwrap();
+        std::fs::write(repo.path().join(".cursor/environment.json"), config).unwrap();
+        for (path, contents) in files {
+            let path = repo.path().join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, contents).unwrap();
+        }
+        crate::build::git(repo.path(), &["init", "-q"]);
+        crate::build::commit(repo.path(), "config");
+        let mut world = Self::new("basic");
+        world.repo = repo;
+        world
+    }
+
+    pub(crate) fn new(fixture: &str) -> Self {
         let store_dir = tempfile::tempdir().unwrap();
         let keys = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(LocalStore::open(store_dir.path()).unwrap());
@@ -67,7 +85,7 @@ impl World {
         }
     }
 
-    fn session(&self, engine: &FakeEngine, cancel: &CancellationToken) -> Session {
+    pub(crate) fn session(&self, engine: &FakeEngine, cancel: &CancellationToken) -> Session {
         Session {
             store: self.store.clone(),
             engine: Arc::new(LazyEngine::ready(Arc::new(engine.clone()))),
@@ -78,7 +96,7 @@ impl World {
         }
     }
 
-    fn options(&self) -> BuildOptions {
+    pub(crate) fn options(&self) -> BuildOptions {
         BuildOptions {
             repo: RepoOptions {
                 repo: self.repo.path().to_path_buf(),
@@ -89,13 +107,13 @@ impl World {
         }
     }
 
-    async fn snapshots(&self) -> usize {
+    pub(crate) async fn snapshots(&self) -> usize {
         catalog::list_snapshots(&*self.store).await.unwrap().len()
     }
 }
 
 /// A root file system as `docker export` gives it: canonical order, `extra` files added.
-fn rootfs(extra: &[(&str, &str)]) -> Bytes {
+pub(crate) fn rootfs(extra: &[(&str, &str)]) -> Bytes {
     let mut files: BTreeMap<&str, &str> =
         BTreeMap::from([("etc/group", GROUP), ("etc/passwd", PASSWD), ("workspace/built.txt", "built\n")]);
     files.extend(extra.iter().copied());
@@ -123,7 +141,7 @@ const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nagent:x:1000:1000::/home/ag
 const GROUP: &str = "root:x:0:\nagent:x:1000:\n";
 
 /// The engine double over `script`, its images holding the fixture's users.
-fn fake(mut script: Script) -> FakeEngine {
+pub(crate) fn fake(mut script: Script) -> FakeEngine {
     script.files.insert("/etc/passwd".into(), PASSWD.into());
     script.files.insert("/etc/group".into(), GROUP.into());
     FakeEngine::new(script)

@@ -39,6 +39,8 @@ pub fn repo_options(args: &RepoArgs) -> anyhow::Result<RepoOptions> {
         build_args: parse_pairs(&args.build_arg, "--build-arg")?,
         network: args.network.into(),
         scopes: args.scopes.clone(),
+        base_image: args.base_image.clone(),
+        strict: args.strict,
     })
 }
 
@@ -60,5 +62,5 @@ pub async fn run(
         output::line(report.id)?;
     }
     let idempotent = report.idempotency.as_ref().is_none_or(|i| i.idempotent);
-    Ok(if args.strict && !idempotent { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if args.repo.strict && !idempotent { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }

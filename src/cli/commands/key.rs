@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use envbuild::build;
+use envbuild_builder::plan::{Plan, SystemSource};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::commands::build::repo_options;
@@ -15,17 +16,23 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     let session = cli::session(global, cancel).await?;
     let planned = build::plan(&session, &repo_options(&args.repo)?).await?;
-    let keys = &planned.plan.keys;
+    let plan = &planned.plan;
+    let keys = &plan.keys;
+    let base = base_of(plan);
     if args.json {
         output::json(&serde_json::json!({
             "system_key": keys.system_key,
             "env_key": keys.env_key,
+            "base": base,
             "inputs": { "system": keys.system, "env": keys.env },
         }))?;
         return Ok(ExitCode::SUCCESS);
     }
     output::line(format!("system key  {}", keys.system_key))?;
     output::line(format!("env key     {}", keys.env_key))?;
+    for (what, value) in base.as_object().into_iter().flatten() {
+        output::line(format!("  base    {what:<24} {}", value.as_str().unwrap_or_default()))?;
+    }
     let system = &keys.system;
     if let Some(dockerfile) = &system.dockerfile {
         output::line(format!("  system  Dockerfile               {dockerfile}"))?;
@@ -62,4 +69,28 @@ pub async fn run(
         output::line(format!("  env     secret {name} version {version}"))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the system layer is built from, for people: the kind of base and, for a Dockerfile,
+/// where it and its context are.
+fn base_of(plan: &Plan) -> serde_json::Value {
+    let relative = |path: &std::path::Path| {
+        path.strip_prefix(&plan.repo).map_or_else(
+            |_| path.display().to_string(),
+            |rel| if rel.as_os_str().is_empty() { ".".to_owned() } else { rel.display().to_string() },
+        )
+    };
+    match &plan.source {
+        SystemSource::Dockerfile { context, .. } => serde_json::json!({
+            "kind": "build",
+            "context": format!("{} (in the repository)", relative(&context.dir)),
+            "dockerfile": context.dockerfile,
+        }),
+        SystemSource::Image { reference, id } => {
+            serde_json::json!({ "kind": "image", "image": reference, "id": id })
+        }
+        SystemSource::Snapshot { id } => {
+            serde_json::json!({ "kind": "snapshot", "snapshot": id.to_string() })
+        }
+    }
 }

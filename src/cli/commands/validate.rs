@@ -18,6 +18,16 @@ struct Report<'a> {
 }
 
 pub fn run(args: &ValidateArgs) -> anyhow::Result<ExitCode> {
+    // The default path, from a subfolder of the repository: the repository's config.
+    let path =
+        if args.path == std::path::Path::new(envbuild_schema::DEFAULT_CONFIG_PATH) && !args.path.exists() {
+            let cwd = std::env::current_dir()?;
+            let (_, found) = envbuild_schema::find(&cwd);
+            found.strip_prefix(&cwd).map(std::path::Path::to_path_buf).unwrap_or(found)
+        } else {
+            args.path.clone()
+        };
+    let args = &ValidateArgs { path, repo: args.repo.clone(), json: args.json };
     let loaded = envbuild_schema::load(&args.path, args.repo.as_deref());
     let errors = loaded.diagnostics.iter().filter(|d| d.severity == Severity::Error).count();
     let warnings = loaded.diagnostics.len() - errors;
