@@ -214,3 +214,37 @@ async fn build_secrets_reach_the_build_as_secrets_only() {
     assert_eq!(secrets, &["npm_token"]);
     assert!(build_args.is_empty());
 }
+
+#[tokio::test]
+async fn testing_on_with_a_missing_chrome_is_warned_about() {
+    let world =
+        World::with_config(r#"{ "image": "node:22", "chromeExecutablePath": "/usr/bin/chromium" }"#, &[]);
+    let engine = engine_with_images(&["node:22"]);
+    let report = envbuild::build::build(&world.session(&engine, &CancellationToken::new()), &world.options())
+        .await
+        .unwrap();
+    assert!(
+        world
+            .reporter
+            .text()
+            .contains("`chromeExecutablePath` `/usr/bin/chromium` is not in the environment")
+    );
+    // Stored with the snapshot: the normalized config, effective values written in.
+    let manifest = envbuild_cache::restore::read_manifest(&*world.store, &report.id).await.unwrap();
+    let environment = manifest.environment.unwrap();
+    assert_eq!(environment["agentCanUpdateSnapshot"], false);
+    assert_eq!(environment["enable_testing"], true);
+
+    // With Chrome there (or testing off), no warning.
+    let world =
+        World::with_config(r#"{ "image": "node:22", "chromeExecutablePath": "/usr/bin/chromium" }"#, &[]);
+    let engine = fake(Script {
+        exports: [rootfs(&[("usr/bin/chromium", "#!/bin/sh\n")])].into(),
+        ..Script::default()
+    });
+    engine.add_image("node:22", ImageConfig::default(), BTreeMap::new());
+    envbuild::build::build(&world.session(&engine, &CancellationToken::new()), &world.options())
+        .await
+        .unwrap();
+    assert!(!world.reporter.text().contains("chromeExecutablePath"), "{}", world.reporter.text());
+}
