@@ -274,7 +274,7 @@ impl Environment<'_> {
         if let Some(repo) = &options.repo {
             let repo = std::fs::canonicalize(repo)
                 .map_err(Error::io(format!("cannot open `{}`", repo.display())))?;
-            let tree = tokio::task::spawn_blocking(move || inputs::collect(&repo, &[]))
+            let tree = tokio::task::spawn_blocking(move || inputs::tracked(&repo))
                 .await
                 .map_err(|e| Error::Failed(format!("reading the repository stopped: {e}")))??;
             let _ = write!(detail, "; {} repository files at /workspace", tree.entries.len());
@@ -292,9 +292,11 @@ impl Environment<'_> {
                 user: Some(user.engine_spec()),
                 working_dir: Some(pipeline::WORKSPACE.to_owned()),
                 env: env_lines(self.secrets, When::at_install),
+                stdin: None,
             };
-            let (code, _) =
-                boot::exec_to_end(engine, &container, &exec, Some(&mut steps.session.output_sink())).await?;
+            let (code, _, _) =
+                pipeline::exec_to_end(engine, &container, &exec, Some(&mut steps.session.output_sink()))
+                    .await?;
             if code != 0 {
                 return Err(Error::Failed(format!(
                     "install failed at boot with exit code {code}; the environment was removed"

@@ -13,13 +13,14 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use envbuild_builder::cleanup::Cleanup;
 use envbuild_builder::engine::{ContainerEngine, ImageConfig, Network};
+use envbuild_builder::inputs::InputRule;
 use envbuild_builder::keys::{self, Difference, KeyManifest};
 use envbuild_builder::oci;
-use envbuild_builder::pipeline::{self, SystemImage};
+use envbuild_builder::pipeline::{self, InstallSetup, SystemImage};
 use envbuild_builder::plan::{self, Plan, PlanOptions, SystemSource};
 use envbuild_cache::catalog::{self, KeyRecord};
 use envbuild_cache::diff::Diff;
@@ -80,6 +81,12 @@ pub struct BuildOptions {
     pub no_cache: bool,
     /// Run install a second time on the result and report what it changed.
     pub check_idempotent: bool,
+    /// Install from the system image alone, not from the last checkpoint.
+    pub clean: bool,
+    /// Build the Dockerfile without Docker's layer cache (`--no-cache` keeps it).
+    pub no_layer_cache: bool,
+    /// Give install no package-manager cache volume.
+    pub no_package_cache: bool,
 }
 
 /// How long each step took, in seconds.
@@ -154,11 +161,19 @@ pub async fn plan(session: &Session, repo: &RepoOptions) -> Result<Planned> {
         _ => None,
     };
     let secrets = records::list(&*session.store, &repo.scopes).await?;
+    let inputs = if !repo.inputs.is_empty() {
+        InputRule::Flags(repo.inputs.clone())
+    } else if let Some(globs) = config::settings(&loaded.file)?.and_then(|s| s.inputs) {
+        InputRule::Settings(globs)
+    } else {
+        InputRule::Default
+    };
     let options = PlanOptions {
-        input_globs: repo.inputs.clone(),
+        inputs,
         env: repo.env.clone(),
         build_args: repo.build_args.clone(),
-        secret_versions: records::install_versions(&secrets),
+        install_secrets: records::install_secrets(&secrets),
+        available_secrets: secrets.iter().map(|f| (f.name.clone(), f.scope.to_string())).collect(),
         base_snapshot,
         default_image: repo.base_image.clone(),
         network: repo.network,
@@ -232,6 +247,15 @@ pub async fn build(session: &Session, options: &BuildOptions) -> Result<BuildRep
             short(&plan.keys.env_key),
             crate::format::duration(started.elapsed())
         ));
+        let idempotency = if options.check_idempotent {
+            let checked = Instant::now();
+            let result = check_stored(session, &plan, &id, secrets).await?;
+            timings.idempotency_check = Some(checked.elapsed().as_secs_f64());
+            timings.total = started.elapsed().as_secs_f64();
+            Some(result)
+        } else {
+            None
+        };
         return Ok(BuildReport {
             id,
             hit: true,
@@ -241,7 +265,7 @@ pub async fn build(session: &Session, options: &BuildOptions) -> Result<BuildRep
             system_image_reused: None,
             timings,
             sizes: None,
-            idempotency: None,
+            idempotency,
         });
     }
     // A miss needs the values: decrypt them all (a KMS outage fails here, naming them), and
@@ -258,6 +282,29 @@ pub async fn build(session: &Session, options: &BuildOptions) -> Result<BuildRep
     };
     cleanup.run().await;
     outcome.map_err(Error::masked)
+}
+
+/// Checkpoint images deeper than this are not built on: each incremental build adds a layer,
+/// and overlay file systems slow down (and Docker stops at 125) as the chain grows. The
+/// snapshot imported as one layer starts a new chain.
+const MAX_CHECKPOINT_LAYERS: usize = 48;
+
+/// Where the tracked list of a snapshot's `/workspace` is.
+const TRACKED: &str = envbuild_builder::workspace::TRACKED;
+
+/// The checkpoint an incremental install starts from.
+#[derive(Debug, Clone)]
+struct Parent {
+    id: SnapshotId,
+    image: SystemImage,
+    /// The files its `/workspace` tracked, one per line.
+    tracked: String,
+    how: &'static str,
+}
+
+/// The package-manager cache volume of a repository on this host.
+pub fn cache_volume(repository: &str) -> String {
+    format!("envbuild-cache-{}", &Digest::of(repository.as_bytes()).hex()[..16])
 }
 
 /// One build of a key that is not stored.
@@ -290,18 +337,44 @@ impl Miss<'_> {
                 crate::format::duration(system.duration)
             )
         });
-        session.note(format!("running install in {}", pipeline::WORKSPACE));
-        // Install sees the secrets declared for it, never in the Docker build (build args and
-        // ENV persist in image history).
-        let install_env: BTreeMap<String, String> = records::env_pairs(self.secrets, When::at_install)
-            .into_iter()
-            .map(|(name, value)| (name, value.expose().to_owned()))
-            .collect();
+        // Install starts from the last checkpoint of this repository on this system image
+        // (its parent), so a changed dependency costs what changed, not a reinstall.
+        let parent = if self.options.clean { None } else { self.parent(&system).await };
+        let (image, remove) = match &parent {
+            Some(parent) => {
+                session.note(format!(
+                    "running install in {}, incremental from snapshot {} ({})",
+                    pipeline::WORKSPACE,
+                    short(&parent.id),
+                    parent.how
+                ));
+                (parent.image.clone(), envbuild_builder::workspace::removed(&parent.tracked, &plan.workspace))
+            }
+            None => {
+                session.note(format!("running install in {} on the system image", pipeline::WORKSPACE));
+                (system.clone(), Vec::new())
+            }
+        };
+        // Install sees the secrets declared for it, through a file on a tmpfs: never the
+        // container's configuration, and never the Docker build (build args and ENV persist in
+        // image history).
+        let cache_volume = if self.options.no_package_cache {
+            None
+        } else {
+            let name = cache_volume(&plan.repository);
+            crate::caches::prepare(session, &name, &plan.repository).await?;
+            Some(name)
+        };
+        let setup = InstallSetup {
+            secrets: records::env_pairs(self.secrets, When::at_install),
+            remove,
+            cache_volume,
+        };
         let run = pipeline::run_install(
             self.engine,
             plan,
-            &system,
-            &install_env,
+            &image,
+            &setup,
             self.cleanup,
             &mut session.output_sink(),
         )
@@ -320,6 +393,7 @@ impl Miss<'_> {
             crate::format::duration(exported.elapsed())
         ));
         self.check_chrome(&report.id).await?;
+        self.checkpoint(&run, &report.id, &system, parent.as_ref()).await;
         let record = KeyRecord {
             format: catalog::KEY_FORMAT.to_owned(),
             key: plan.keys.env_key,
@@ -329,6 +403,8 @@ impl Miss<'_> {
             info: serde_json::json!({
                 "system_key": plan.keys.system_key,
                 "system_image": system.id,
+                "repository": plan.repository,
+                "parent": parent.as_ref().map(|p| p.id.to_string()),
                 "timings": {
                     "system_image": timings.system_image,
                     "install": timings.install,
@@ -337,6 +413,15 @@ impl Miss<'_> {
             }),
         };
         catalog::write_key(&*session.store, &record, self.options.no_cache).await?;
+        let head = catalog::HeadRecord {
+            format: catalog::HEAD_FORMAT.to_owned(),
+            repository: plan.repository.clone(),
+            system_key: plan.keys.system_key,
+            snapshot: report.id,
+            env_key: plan.keys.env_key,
+            updated: catalog::now_rfc3339(),
+        };
+        catalog::write_head(&*session.store, &head).await?;
         let mut idempotency = None;
         if self.options.check_idempotent {
             let checked = Instant::now();
@@ -364,13 +449,102 @@ impl Miss<'_> {
         })
     }
 
+    /// The checkpoint install starts from: the newest snapshot of this repository on this
+    /// system key (its head), as the image committed when it was built or, when this host does
+    /// not have that, imported from the store. Anything wrong with it (gone, damaged, a layer
+    /// chain grown too deep) means a clean build, with a warning when something was wrong.
+    async fn parent(&self, system: &SystemImage) -> Option<Parent> {
+        let (session, plan) = (self.session, self.plan);
+        let head = match catalog::read_head(&*session.store, &plan.repository, &plan.keys.system_key).await {
+            Ok(Some(head)) => head,
+            Ok(None) => return None,
+            Err(e) => {
+                session.warn(format!(
+                    "the last build of this repository cannot be read ({}); building clean",
+                    envbuild_builder::error::chain(&e)
+                ));
+                return None;
+            }
+        };
+        match self.open_parent(&head, system).await {
+            Ok(parent) => Some(parent),
+            Err(e) => {
+                session.warn(format!(
+                    "the last build of this repository, snapshot {}, cannot be used ({}); building clean",
+                    head.snapshot,
+                    envbuild_builder::error::chain(&e)
+                ));
+                None
+            }
+        }
+    }
+
+    async fn open_parent(&self, head: &catalog::HeadRecord, system: &SystemImage) -> Result<Parent> {
+        let session = self.session;
+        let manifest = restore::read_manifest(&*session.store, &head.snapshot).await?;
+        let tracked =
+            restore::read_file(&*session.store, &manifest, TRACKED.trim_start_matches('/'), 64 << 20)
+                .await?
+                .ok_or_else(|| Error::Failed(format!("it records no list of tracked files ({TRACKED})")))?;
+        let tracked =
+            String::from_utf8(tracked).map_err(|_| Error::Failed(format!("its {TRACKED} is not UTF-8")))?;
+        let checkpoint = self.engine.image(&pipeline::checkpoint_tag(&head.snapshot.0)).await?;
+        let (image, how) = match checkpoint {
+            Some(image)
+                if image.labels.get(pipeline::CHECKPOINT_LABEL) == Some(&head.snapshot.to_string())
+                    && image.layers <= MAX_CHECKPOINT_LAYERS =>
+            {
+                let image = SystemImage {
+                    id: image.id,
+                    config: system.config.clone(),
+                    reused: true,
+                    duration: Duration::ZERO,
+                };
+                (image, "its checkpoint image on this host")
+            }
+            _ => {
+                let (store, jobs, stream_manifest) = (session.store.clone(), session.jobs, manifest.clone());
+                let mut image = pipeline::import_snapshot_image(
+                    self.engine,
+                    &head.snapshot.0,
+                    &system.config,
+                    move || bridge::snapshot_stream(store, &stream_manifest, jobs),
+                )
+                .await?;
+                image.config.clone_from(&system.config);
+                (image, "imported from the store")
+            }
+        };
+        Ok(Parent { id: head.snapshot, image, tracked, how })
+    }
+
+    /// Commits the install container as the checkpoint of `id` (the next build starts from
+    /// it), and removes the previous checkpoint of the lineage. A failure costs the next build
+    /// an import, so it is only a warning.
+    async fn checkpoint(
+        &self,
+        run: &pipeline::InstallRun,
+        id: &SnapshotId,
+        system: &SystemImage,
+        parent: Option<&Parent>,
+    ) {
+        if let Err(e) = pipeline::commit_checkpoint(self.engine, run, &id.0, &system.config).await {
+            self.session
+                .warn(format!("cannot keep the checkpoint of {id}: {}", envbuild_builder::error::chain(&e)));
+            return;
+        }
+        if let Some(parent) = parent.filter(|p| p.id != *id) {
+            let _ = self.engine.remove_image(&pipeline::checkpoint_tag(&parent.id.0)).await;
+        }
+    }
+
     async fn system_image(&self) -> Result<SystemImage> {
         let session = self.session;
         match &self.plan.source {
             SystemSource::Dockerfile { dockerfile_text, .. } => Ok(pipeline::ensure_system_image(
                 self.engine,
                 self.plan,
-                self.options.no_cache,
+                self.options.no_layer_cache,
                 &build_secrets(session, dockerfile_text, self.secrets),
                 self.cleanup,
                 &mut session.output_sink(),
@@ -379,7 +553,7 @@ impl Miss<'_> {
             SystemSource::Image { .. } => Ok(pipeline::ensure_system_image(
                 self.engine,
                 self.plan,
-                self.options.no_cache,
+                self.options.no_layer_cache,
                 &BTreeMap::new(),
                 self.cleanup,
                 &mut session.output_sink(),
@@ -457,40 +631,142 @@ impl Miss<'_> {
                 changed: Vec::new(),
             });
         }
-        let rootfs = self.engine.export(&run.container).await?;
-        let mut reader = bridge::stream_reader(rootfs);
-        let toc = tokio::task::spawn_blocking(move || ingest::table_of_contents(&mut reader))
-            .await
-            .map_err(|e| Error::Failed(format!("reading the second install's files stopped: {e}")))??;
-        let stored = restore::read_manifest(&*session.store, id).await?;
-        let changes: Diff = diff::diff_entries(&stored.toc, &toc, false);
-        let idempotency = Idempotency {
-            idempotent: changes.is_empty(),
-            failed_with: None,
-            added: changes.added.iter().map(|e| e.path.clone()).collect(),
-            removed: changes.removed.iter().map(|e| e.path.clone()).collect(),
-            changed: changes
-                .changed
-                .iter()
-                .map(|c| format!("{} ({})", c.path, c.aspects.join(", ")))
-                .collect(),
-        };
-        if idempotency.idempotent {
-            session.note("install is idempotent: a second run changed no file");
-        } else {
-            let mut lines = vec![format!(
-                "install is not idempotent: a second run added {}, removed {} and changed {} files",
-                idempotency.added.len(),
-                idempotency.removed.len(),
-                idempotency.changed.len()
-            )];
-            lines.extend(idempotency.added.iter().take(20).map(|p| format!("  + {p}")));
-            lines.extend(idempotency.removed.iter().take(20).map(|p| format!("  - {p}")));
-            lines.extend(idempotency.changed.iter().take(20).map(|p| format!("  ~ {p}")));
-            session.warn(lines.join("\n"));
-        }
-        Ok(idempotency)
+        compare_with_stored(session, self.engine, &run.container, id, "a second run").await
     }
+}
+
+/// Paths a second install may change without being non-idempotent: temporary files, logs, and
+/// the caches package managers keep beside what they install.
+const IDEMPOTENCY_IGNORED: &[&str] = &[
+    "tmp/**",
+    "var/tmp/**",
+    "var/log/**",
+    "run/**",
+    ".envbuild/**",
+    "var/cache/envbuild/**",
+    "**/.npm/_logs/**",
+    "**/.npm/_cacache/**",
+    "**/.npm/_update-notifier-last-checked",
+    "**/.cache/**",
+    "**/__pycache__/**",
+    "**/.pnpm-store/**",
+    "**/.yarn/cache/**",
+];
+
+/// Runs `container`'s file system against the stored snapshot `id` and reports what `what`
+/// (the second install) changed, the ignored paths aside.
+async fn compare_with_stored(
+    session: &Session,
+    engine: &Arc<dyn ContainerEngine>,
+    container: &str,
+    id: &SnapshotId,
+    what: &str,
+) -> Result<Idempotency> {
+    let rootfs = engine.export(container).await?;
+    let mut reader = bridge::stream_reader(rootfs);
+    let toc = tokio::task::spawn_blocking(move || ingest::table_of_contents(&mut reader))
+        .await
+        .map_err(|e| Error::Failed(format!("reading the second install's files stopped: {e}")))??;
+    let stored = restore::read_manifest(&*session.store, id).await?;
+    let changes: Diff = diff::diff_entries(&stored.toc, &toc, false);
+    let ignored = envbuild_builder::inputs::Globs::new(
+        &IDEMPOTENCY_IGNORED.iter().map(|g| (*g).to_owned()).collect::<Vec<_>>(),
+    )?;
+    let kept = |path: &str| !ignored.matches(path.trim_end_matches('/'));
+    let idempotency = Idempotency {
+        idempotent: false,
+        failed_with: None,
+        added: changes.added.iter().map(|e| e.path.clone()).filter(|p| kept(p)).collect(),
+        removed: changes.removed.iter().map(|e| e.path.clone()).filter(|p| kept(p)).collect(),
+        changed: changes
+            .changed
+            .iter()
+            .filter(|c| kept(&c.path))
+            .map(|c| format!("{} ({})", c.path, c.aspects.join(", ")))
+            .collect(),
+    };
+    let idempotency = Idempotency {
+        idempotent: idempotency.added.is_empty()
+            && idempotency.removed.is_empty()
+            && idempotency.changed.is_empty(),
+        ..idempotency
+    };
+    if idempotency.idempotent {
+        session.note(format!(
+            "install is idempotent: {what} changed no file (temporary files, logs and package caches aside)"
+        ));
+    } else {
+        let mut lines = vec![format!(
+            "install is not idempotent: {what} added {}, removed {} and changed {} files",
+            idempotency.added.len(),
+            idempotency.removed.len(),
+            idempotency.changed.len()
+        )];
+        for (sign, paths) in
+            [("+", &idempotency.added), ("-", &idempotency.removed), ("~", &idempotency.changed)]
+        {
+            lines.extend(paths.iter().take(SHOWN).map(|p| format!("  {sign} {p}")));
+            if paths.len() > SHOWN {
+                lines
+                    .push(format!("  {sign} ... and {} more (`--json` lists them all)", paths.len() - SHOWN));
+            }
+        }
+        session.warn(lines.join("\n"));
+    }
+    Ok(idempotency)
+}
+
+/// Paths of each kind shown in a report; `--json` has them all.
+const SHOWN: usize = 10;
+
+/// `--check-idempotent` on a hit: install runs once more on the stored snapshot (from its
+/// checkpoint image, or imported), with `/workspace` brought to the current commit, and what it
+/// changes is reported.
+async fn check_stored(
+    session: &Session,
+    plan: &Plan,
+    id: &SnapshotId,
+    secrets: Vec<records::Found>,
+) -> Result<Idempotency> {
+    let loaded = open_secrets(session, secrets).await?;
+    let engine = session.engine.get().await?;
+    let cleanup = Cleanup::new(engine.clone());
+    let work = async {
+        let manifest = restore::read_manifest(&*session.store, id).await?;
+        let config = image_config(&manifest)?;
+        let image = match engine.image(&pipeline::checkpoint_tag(&id.0)).await? {
+            Some(image) => {
+                SystemImage { id: image.id, config: config.clone(), reused: true, duration: Duration::ZERO }
+            }
+            None => {
+                let (store, jobs, stream_manifest) = (session.store.clone(), session.jobs, manifest.clone());
+                pipeline::import_snapshot_image(&engine, &id.0, &config, move || {
+                    bridge::snapshot_stream(store, &stream_manifest, jobs)
+                })
+                .await?
+            }
+        };
+        let tracked =
+            restore::read_file(&*session.store, &manifest, TRACKED.trim_start_matches('/'), 64 << 20).await?;
+        let remove = tracked
+            .map(|t| envbuild_builder::workspace::removed(&String::from_utf8_lossy(&t), &plan.workspace))
+            .unwrap_or_default();
+        let setup = InstallSetup {
+            secrets: records::env_pairs(&loaded, When::at_install),
+            remove,
+            cache_volume: None,
+        };
+        session.note(format!("checking idempotency: running install on snapshot {id}"));
+        let run = pipeline::run_install(&engine, plan, &image, &setup, &cleanup, &mut session.output_sink())
+            .await?;
+        compare_with_stored(session, &engine, &run.container, id, "running install on it").await
+    };
+    let outcome = tokio::select! {
+        outcome = work => outcome,
+        () = session.cancel.cancelled() => Err(Error::Interrupted),
+    };
+    cleanup.run().await;
+    outcome.map_err(Error::masked)
 }
 
 /// The secrets a Dockerfile's `RUN --mount=type=secret,id=ID` lines ask for, from the ones in
@@ -541,14 +817,47 @@ pub async fn key_manifest(store: &dyn Store, query: &str) -> Result<KeyManifest>
         .map_err(|e| Error::Failed(format!("the build inputs of snapshot {id} are unreadable: {e}")))
 }
 
-/// The inputs that differ between the builds `a` and `b` (keys, snapshot ids, prefixes, refs).
-pub async fn explain(
-    store: &dyn Store,
-    a: &str,
-    b: &str,
-) -> Result<(KeyManifest, KeyManifest, Vec<Difference>)> {
+/// What `explain` found: the inputs that differ, and how the second build was made.
+#[derive(Debug, Clone, Serialize)]
+pub struct Explanation {
+    pub a: KeyManifest,
+    pub b: KeyManifest,
+    pub differences: Vec<Difference>,
+    /// How `b` was built: `incremental from <id>`, `clean`, or `not built yet` (the current
+    /// tree); `None` when its key record says nothing of it.
+    pub b_built: Option<String>,
+}
+
+/// How the build under env key `key` was made, from its key record.
+async fn built_how(store: &dyn Store, key: &Digest) -> Result<Option<String>> {
+    let Some(record) = catalog::read_key(store, key).await? else { return Ok(None) };
+    Ok(match record.info.get("parent") {
+        Some(serde_json::Value::String(parent)) => Some(format!("incremental from {parent}")),
+        Some(serde_json::Value::Null) => Some("clean (install ran on the system image alone)".to_owned()),
+        _ => None,
+    })
+}
+
+/// The inputs that differ between the builds `a` and `b` (keys, snapshot ids, prefixes, refs);
+/// without `b`, between `a` and the repository as it is now (`repo`).
+pub async fn explain(session: &Session, a: &str, b: Option<&str>, repo: &RepoOptions) -> Result<Explanation> {
+    let store = &*session.store;
     let a = key_manifest(store, a).await?;
-    let b = key_manifest(store, b).await?;
+    let (b, b_built) = match b {
+        Some(b) => {
+            let b = key_manifest(store, b).await?;
+            let how = built_how(store, &b.env_key).await?;
+            (b, how)
+        }
+        None => {
+            let planned = plan(session, repo).await?;
+            let how = match stored_snapshot(store, &planned.plan.keys.env_key).await? {
+                Some(id) => format!("already built: snapshot {id}"),
+                None => "not built yet".to_owned(),
+            };
+            (planned.plan.keys, Some(how))
+        }
+    };
     let differences = keys::explain(&a, &b);
-    Ok((a, b, differences))
+    Ok(Explanation { a, b, differences, b_built })
 }

@@ -10,7 +10,8 @@
 //! # Layout
 //! - [`session`]: what workflows run with, and how they report.
 //! - [`config`]: a repository's environment.json, loaded for a workflow.
-//! - [`build`]: build (or find) a repository's environment; its keys; `explain`.
+//! - [`build`]: build (or find) a repository's environment; its keys; `explain`;
+//!   [`caches`]: the package-manager cache volumes install uses, and their bounds.
 //! - [`boot`]: boot a snapshot into an environment; [`envs`]: list, follow and stop them.
 //! - [`export`]: a snapshot as a Docker image, a tar file, an OCI layout or an ext4 image.
 //! - [`snapshots`]: import, list and restore snapshots; [`transfer`]: copy them between stores.
@@ -23,6 +24,7 @@
 pub mod boot;
 pub mod bridge;
 pub mod build;
+pub mod caches;
 pub mod config;
 pub mod env;
 pub mod envs;

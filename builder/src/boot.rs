@@ -23,9 +23,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 
-use crate::engine::{ByteStream, ContainerEngine, ContainerSpec, ExecSpec, Network, Output, OutputStream};
+use crate::engine::{ByteStream, ContainerEngine, ContainerSpec, ExecSpec, Network, OutputStream};
 use crate::error::{BuildError, Result};
-use crate::pipeline::{OutputSink, WORKSPACE};
+use crate::pipeline::WORKSPACE;
 
 /// Labels that describe a booted environment.
 pub const NAME_LABEL: &str = "envbuild.name";
@@ -133,6 +133,7 @@ pub async fn create(engine: &Arc<dyn ContainerEngine>, spec: &EnvironmentSpec) -
             env: spec.env.clone(),
             labels,
             network: spec.network,
+            ..ContainerSpec::default()
         })
         .await?)
 }
@@ -165,36 +166,6 @@ pub async fn populate_and_start(
     Ok(())
 }
 
-/// Runs a command to its end, streaming its output to `sink` (when given); returns its exit
-/// code and its output when no sink took it.
-pub async fn exec_to_end(
-    engine: &Arc<dyn ContainerEngine>,
-    container: &str,
-    spec: &ExecSpec,
-    mut sink: Option<&mut dyn OutputSink>,
-) -> Result<(i64, Vec<u8>)> {
-    let (exec, mut output) = engine.exec(container, spec).await?;
-    let mut captured = Vec::new();
-    while let Some(item) = output.next().await {
-        let chunk = item?;
-        let bytes = match &chunk {
-            Output::Stdout(b) | Output::Stderr(b) => b,
-        };
-        match sink.as_deref_mut() {
-            Some(sink) => sink.output(bytes),
-            None => captured.extend_from_slice(bytes),
-        }
-    }
-    // The output ends when the process does; its code may take a moment to be recorded.
-    for _ in 0..100 {
-        if let Some(code) = engine.exec_exit_code(&exec).await? {
-            return Ok((code, captured));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Err(BuildError::Unexpected("did not report the exit code of a command in the environment".into()))
-}
-
 /// How `start` ended, or did not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartOutcome {
@@ -217,6 +188,7 @@ pub async fn start(
         user: Some(user.to_owned()),
         working_dir: Some(WORKSPACE.to_owned()),
         env: Vec::new(),
+        ..ExecSpec::default()
     };
     let (exec, mut output) = engine.exec(container, &spec).await?;
     let ended = tokio::time::timeout(wait, async {
@@ -274,8 +246,9 @@ pub async fn terminals(
         user: Some(user.to_owned()),
         working_dir: Some(WORKSPACE.to_owned()),
         env: Vec::new(),
+        ..ExecSpec::default()
     };
-    let (code, output) = exec_to_end(engine, container, &spec, None).await?;
+    let (code, _, output) = crate::pipeline::exec_to_end(engine, container, &spec, None).await?;
     let said = String::from_utf8_lossy(&output);
     let tmux_failed = said.lines().find_map(|l| l.strip_prefix("tmux cannot start: ")).map(str::to_owned);
     match (code, said.lines().last().map(str::trim)) {

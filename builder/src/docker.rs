@@ -162,6 +162,7 @@ impl ContainerEngine for DockerEngine {
             Ok(image) => {
                 let config = image.config.unwrap_or_default();
                 Ok(Some(ImageInfo {
+                    layers: image.root_fs.and_then(|r| r.layers).map_or(0, |l| l.len()),
                     id: image.id.unwrap_or_default(),
                     labels: config.labels.clone().unwrap_or_default().into_iter().collect(),
                     config: ImageConfig {
@@ -256,6 +257,41 @@ impl ContainerEngine for DockerEngine {
             .ok_or_else(|| EngineError::NotFound { what: "imported image", name: repo_tag.to_owned() })
     }
 
+    async fn commit(
+        &self,
+        container: &str,
+        repo_tag: &str,
+        config: &ImageConfig,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<String, EngineError> {
+        let (repo, tag) =
+            repo_tag.rsplit_once(':').filter(|(_, t)| !t.contains('/')).unwrap_or((repo_tag, "latest"));
+        let options = bollard::query_parameters::CommitContainerOptionsBuilder::default()
+            .container(container)
+            .repo(repo)
+            .tag(tag)
+            .pause(true)
+            .build();
+        // Every field given, so the engine merges nothing of the container's own config in
+        // (its environment may have held what an image must not).
+        let body = bollard::models::ContainerConfig {
+            env: Some(config.env.clone()),
+            working_dir: Some(config.working_dir.clone().unwrap_or_default()),
+            user: Some(config.user.clone().unwrap_or_default()),
+            entrypoint: Some(config.entrypoint.clone().unwrap_or_default()),
+            cmd: Some(config.cmd.clone().unwrap_or_default()),
+            exposed_ports: Some(config.exposed_ports.clone()),
+            labels: Some(labels_map(labels)),
+            ..bollard::models::ContainerConfig::default()
+        };
+        let committed = self
+            .docker
+            .commit_container(options, body)
+            .await
+            .map_err(Self::failed(format!("commit the container as `{repo_tag}`")))?;
+        Ok(committed.id)
+    }
+
     async fn remove_image(&self, id: &str) -> Result<(), EngineError> {
         let options = RemoveImageOptionsBuilder::default().force(true).build();
         match self.docker.remove_image(id, Some(options), None).await {
@@ -282,6 +318,9 @@ impl ContainerEngine for DockerEngine {
             attach_stderr: Some(true),
             host_config: Some(HostConfig {
                 network_mode: Some(spec.network.as_str().to_owned()),
+                binds: (!spec.volumes.is_empty())
+                    .then(|| spec.volumes.iter().map(|(volume, path)| format!("{volume}:{path}")).collect()),
+                tmpfs: (!spec.tmpfs.is_empty()).then(|| spec.tmpfs.iter().cloned().collect()),
                 ..HostConfig::default()
             }),
             ..ContainerCreateBody::default()
@@ -370,6 +409,34 @@ impl ContainerEngine for DockerEngine {
         }
     }
 
+    async fn ensure_volume(&self, name: &str, labels: &BTreeMap<String, String>) -> Result<(), EngineError> {
+        let options = bollard::models::VolumeCreateRequest {
+            name: Some(name.to_owned()),
+            labels: Some(labels_map(labels)),
+            ..bollard::models::VolumeCreateRequest::default()
+        };
+        self.docker
+            .create_volume(options)
+            .await
+            .map_err(Self::failed(format!("create the volume `{name}`")))?;
+        Ok(())
+    }
+
+    async fn volumes(&self, label: &str) -> Result<Vec<String>, EngineError> {
+        let filters = HashMap::from([("label".to_owned(), vec![label.to_owned()])]);
+        let options =
+            bollard::query_parameters::ListVolumesOptionsBuilder::default().filters(&filters).build();
+        let list = self.docker.list_volumes(Some(options)).await.map_err(Self::failed("list volumes"))?;
+        Ok(list.volumes.unwrap_or_default().into_iter().map(|v| v.name).collect())
+    }
+
+    async fn remove_volume(&self, name: &str) -> Result<(), EngineError> {
+        match self.docker.remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>).await {
+            Ok(()) | Err(BollardError::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
+            Err(e) => Err(Self::failed(format!("remove the volume `{name}`"))(e)),
+        }
+    }
+
     async fn containers(&self, label: &str) -> Result<Vec<ContainerInfo>, EngineError> {
         let filters = HashMap::from([("label".to_owned(), vec![label.to_owned()])]);
         let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
@@ -398,6 +465,7 @@ impl ContainerEngine for DockerEngine {
             user: spec.user.clone(),
             working_dir: spec.working_dir.clone(),
             env: Some(spec.env.clone()),
+            attach_stdin: Some(spec.stdin.is_some()),
             attach_stdout: Some(true),
             attach_stderr: Some(true),
             ..ExecConfig::default()
@@ -406,12 +474,23 @@ impl ContainerEngine for DockerEngine {
             self.docker.create_exec(container, config).await.map_err(Self::failed("create an exec"))?;
         let started =
             self.docker.start_exec(&created.id, None).await.map_err(Self::failed("start an exec"))?;
-        let bollard::exec::StartExecResults::Attached { output: stream, .. } = started else {
+        let bollard::exec::StartExecResults::Attached { output: stream, mut input } = started else {
             return Err(EngineError::Rejected {
                 operation: "start an exec".into(),
                 message: "it did not attach".into(),
             });
         };
+        if let Some(stdin) = &spec.stdin {
+            use tokio::io::AsyncWriteExt;
+            let written = async {
+                input.write_all(stdin.expose().as_bytes()).await?;
+                input.shutdown().await
+            };
+            written.await.map_err(|e| EngineError::Failed {
+                operation: "write to an exec".into(),
+                source: Box::new(e),
+            })?;
+        }
         let stream = stream.filter_map(|item| async move {
             match item {
                 Ok(out) => output(out).map(Ok),

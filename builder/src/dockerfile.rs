@@ -1,5 +1,8 @@
 //! What a Dockerfile builds on: the external images its `FROM` lines and `COPY --from` flags
-//! name, which the system key must pin by id (a tag is never trusted: it moves).
+//! name, which the system key must pin by id (a tag is never trusted: it moves); and what it
+//! reads of its build context: the sources of `COPY` and `ADD` and of `RUN --mount=type=bind`,
+//! which are all the system key covers of the context (so a commit that touches nothing they
+//! name keeps the key).
 //!
 //! This is not a Dockerfile parser; it reads just enough: comments, line continuations (with
 //! the `# escape=` directive), `ARG` defaults declared before the first `FROM` (which `FROM`
@@ -94,6 +97,132 @@ fn substitute(word: &str, args: &HashMap<String, String>) -> String {
     out
 }
 
+/// What a Dockerfile reads of its build context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ContextReads {
+    /// Paths and globs relative to the context root (`src`, `package*.json`); a directory
+    /// stands for everything under it.
+    Sources(BTreeSet<String>),
+    /// The whole context: a source is `.`, or cannot be known before the build (a variable
+    /// the build args do not give); the reason says which.
+    Everything(String),
+}
+
+/// The words of an instruction's arguments, JSON form (`["a", "b"]`) or shell form.
+fn arguments(rest: &str) -> Vec<String> {
+    let rest = rest.trim();
+    if rest.starts_with('[')
+        && let Ok(words) = serde_json::from_str::<Vec<String>>(rest)
+    {
+        return words;
+    }
+    rest.split_whitespace().map(str::to_owned).collect()
+}
+
+/// The context sources `text` reads; `build_args` override `ARG` defaults.
+pub(crate) fn context_reads(text: &str, build_args: &BTreeMap<String, String>) -> ContextReads {
+    let mut args: HashMap<String, String> = HashMap::new();
+    let mut sources = BTreeSet::new();
+    let mut add = |source: &str, args: &HashMap<String, String>| -> Result<(), String> {
+        if source.contains('$') {
+            if references_unset(source, args) {
+                return Err(format!("the source `{source}` depends on a variable this build does not set"));
+            }
+            add_source(&substitute(source, args), &mut sources);
+        } else {
+            add_source(source, &mut sources);
+        }
+        Ok(())
+    };
+    for line in logical_lines(text) {
+        let (instruction, rest) = line.split_once(char::is_whitespace).unwrap_or((line.as_str(), ""));
+        match instruction.to_ascii_uppercase().as_str() {
+            "ARG" => {
+                for decl in rest.split_whitespace() {
+                    let (name, default) = decl.split_once('=').unwrap_or((decl, ""));
+                    let value =
+                        build_args.get(name).cloned().unwrap_or_else(|| default.trim_matches('"').to_owned());
+                    args.insert(name.to_owned(), value);
+                }
+            }
+            "COPY" | "ADD" => {
+                let words = arguments(rest);
+                let flags: Vec<&String> = words.iter().take_while(|w| w.starts_with("--")).collect();
+                if flags.iter().any(|f| f.starts_with("--from=")) {
+                    continue; // from another stage or image, not the context
+                }
+                let operands = &words[flags.len()..];
+                // A heredoc (`COPY <<EOF /x`) carries its own content.
+                if operands.iter().any(|w| w.starts_with("<<")) || operands.len() < 2 {
+                    continue;
+                }
+                for source in &operands[..operands.len() - 1] {
+                    let remote =
+                        ["http://", "https://", "git@", "git://"].iter().any(|p| source.starts_with(p));
+                    if !remote && let Err(why) = add(source, &args) {
+                        return ContextReads::Everything(why);
+                    }
+                }
+            }
+            "RUN" => {
+                for word in rest.split_whitespace().take_while(|w| w.starts_with("--")) {
+                    let Some(mount) = word.strip_prefix("--mount=") else { continue };
+                    let fields: HashMap<&str, &str> =
+                        mount.split(',').filter_map(|f| f.split_once('=')).collect();
+                    let bind = fields.get("type").is_none_or(|t| *t == "bind");
+                    if bind && !fields.contains_key("from") {
+                        let source = fields.get("source").or(fields.get("src")).copied().unwrap_or(".");
+                        if let Err(why) = add(source, &args) {
+                            return ContextReads::Everything(why);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if sources.contains("") {
+        return ContextReads::Everything("a source is the whole context (`.`)".to_owned());
+    }
+    ContextReads::Sources(sources)
+}
+
+/// Whether `word` refers to a variable that `args` does not set (and gives no default for).
+fn references_unset(word: &str, args: &HashMap<String, String>) -> bool {
+    let mut chars = word.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '$' {
+            continue;
+        }
+        let braced = chars.peek() == Some(&'{');
+        if braced {
+            chars.next();
+        }
+        let name: String =
+            std::iter::from_fn(|| chars.next_if(|c| c.is_ascii_alphanumeric() || *c == '_')).collect();
+        let has_default = braced && chars.peek() == Some(&':');
+        if !name.is_empty() && !has_default && args.get(&name).is_none_or(String::is_empty) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Adds `source`, cleaned and relative to the context root (`""` for the root itself).
+fn add_source(source: &str, sources: &mut BTreeSet<String>) {
+    let mut parts: Vec<&str> = Vec::new();
+    for component in source.split('/') {
+        match component {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    sources.insert(parts.join("/"));
+}
+
 /// The external images `text` builds on, sorted; `build_args` override `ARG` defaults.
 pub(crate) fn base_images(text: &str, build_args: &BTreeMap<String, String>) -> BTreeSet<BaseRef> {
     let mut args: HashMap<String, String> = HashMap::new();
@@ -151,6 +280,37 @@ mod tests {
 
     fn bases(text: &str) -> Vec<String> {
         base_images(text, &BTreeMap::new()).into_iter().map(|b| b.0).collect()
+    }
+
+    fn reads(text: &str) -> ContextReads {
+        context_reads(text, &BTreeMap::from([("APP".to_owned(), "web".to_owned())]))
+    }
+
+    #[test]
+    fn context_reads_are_copy_add_and_bind_sources() {
+        let text = "FROM node:22 AS build\n\
+            ARG APP\n\
+            COPY --chown=node:node package.json package-lock.json /app/\n\
+            COPY [\"apps/${APP}/src\", \"/app/src\"]\n\
+            ADD https://example.com/x.tgz /tmp/\n\
+            COPY --from=build /app /app\n\
+            COPY <<EOF /etc/motd\nhello\nEOF\n\
+            RUN --mount=type=bind,source=scripts/setup.sh,target=/s.sh --mount=type=cache,target=/c sh /s.sh\n\
+            ADD ./vendor/../tools/*.tar.gz /opt/\n";
+        let ContextReads::Sources(sources) = reads(text) else { panic!() };
+        assert_eq!(
+            sources.into_iter().collect::<Vec<_>>(),
+            ["apps/web/src", "package-lock.json", "package.json", "scripts/setup.sh", "tools/*.tar.gz"]
+        );
+        assert!(matches!(reads("FROM x\nCOPY . /app\n"), ContextReads::Everything(_)));
+        assert!(matches!(
+            reads("FROM x\nRUN --mount=type=bind,target=/src make\n"),
+            ContextReads::Everything(_)
+        ));
+        assert!(
+            matches!(reads("FROM x\nCOPY $UNSET/a /b\n"), ContextReads::Everything(why) if why.contains("$UNSET"))
+        );
+        assert_eq!(reads("FROM x\nRUN apt-get update\n"), ContextReads::Sources(BTreeSet::new()));
     }
 
     #[test]

@@ -114,12 +114,12 @@ impl DockerIgnore {
 
 /// A set of `--input` globs (`src/**`, `*.lock`), matched against whole relative paths.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Globs {
+pub struct Globs {
     matchers: Vec<GlobMatcher>,
 }
 
 impl Globs {
-    pub(crate) fn new(globs: &[String]) -> Result<Self> {
+    pub fn new(globs: &[String]) -> Result<Self> {
         let matchers = globs
             .iter()
             .map(|g| compile(&clean(g).join("/").replace('{', "\\{").replace('}', "\\}"), "the input glob"))
@@ -127,12 +127,8 @@ impl Globs {
         Ok(Self { matchers })
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
-        self.matchers.is_empty()
-    }
-
     /// Whether any glob matches the whole `path`.
-    pub(crate) fn matches(&self, path: &str) -> bool {
+    pub fn matches(&self, path: &str) -> bool {
         let path = clean(path).join("/");
         self.matchers.iter().any(|m| m.is_match(&path))
     }

@@ -120,6 +120,10 @@ pub struct ContainerSpec {
     pub env: Vec<String>,
     pub labels: BTreeMap<String, String>,
     pub network: Network,
+    /// Named volumes to mount: (volume, path in the container).
+    pub volumes: Vec<(String, String)>,
+    /// tmpfs mounts: (path, options such as `mode=1777`).
+    pub tmpfs: Vec<(String, String)>,
 }
 
 /// The parts of an image's configuration envbuild keeps (OCI `config`).
@@ -147,6 +151,8 @@ pub struct ImageInfo {
     pub id: String,
     pub config: ImageConfig,
     pub labels: BTreeMap<String, String>,
+    /// How many layers the image has.
+    pub layers: usize,
 }
 
 /// A container the engine has.
@@ -166,6 +172,9 @@ pub struct ExecSpec {
     pub user: Option<String>,
     pub working_dir: Option<String>,
     pub env: Vec<String>,
+    /// Written to the command's standard input, which is then closed (a secret travels this
+    /// way: never in the exec's configuration).
+    pub stdin: Option<envbuild_schema::SecretString>,
 }
 
 #[async_trait]
@@ -195,6 +204,17 @@ pub trait ContainerEngine: Send + Sync + std::fmt::Debug {
 
     async fn remove_image(&self, id: &str) -> Result<(), EngineError>;
 
+    /// Makes an image of the container's file system as it is now (`docker commit`), with
+    /// exactly the configuration `config` (nothing of the container's own, such as its
+    /// environment) and `labels`; returns its id.
+    async fn commit(
+        &self,
+        container: &str,
+        repo_tag: &str,
+        config: &ImageConfig,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<String, EngineError>;
+
     async fn create_container(&self, spec: &ContainerSpec) -> Result<String, EngineError>;
 
     /// Extracts a tar stream at `path` inside the container.
@@ -218,6 +238,15 @@ pub trait ContainerEngine: Send + Sync + std::fmt::Debug {
 
     /// Removes the container, running or not; succeeds if it is already gone.
     async fn remove_container(&self, container: &str) -> Result<(), EngineError>;
+
+    /// Creates the named volume with `labels`, or leaves the one that exists.
+    async fn ensure_volume(&self, name: &str, labels: &BTreeMap<String, String>) -> Result<(), EngineError>;
+
+    /// The names of the volumes carrying `label` (`key` or `key=value`).
+    async fn volumes(&self, label: &str) -> Result<Vec<String>, EngineError>;
+
+    /// Removes a volume; succeeds if it is already gone.
+    async fn remove_volume(&self, name: &str) -> Result<(), EngineError>;
 
     /// Containers carrying `label` (`key` or `key=value`), running or not.
     async fn containers(&self, label: &str) -> Result<Vec<ContainerInfo>, EngineError>;

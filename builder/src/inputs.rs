@@ -1,5 +1,16 @@
-//! The install inputs: the repository's files as git tracks them (optionally narrowed by
-//! globs), which are both copied to `/workspace` and fingerprinted into the env key.
+//! The repository's files as git tracks them, which are copied to `/workspace`; and the
+//! install inputs among them, which are fingerprinted into the env key.
+//!
+//! A snapshot is a checkpoint of install's work, and every boot runs install again on the
+//! commit it checks out, so the env key covers only what install depends on. The inputs are,
+//! in order of precedence: the globs of `--input`; the `inputs` of `.cursor/envbuild.json`;
+//! else by default the dependency manifests and lock files found anywhere in the repository
+//! ([`MANIFESTS`]: npm, yarn, pnpm, bun, pip and requirements files, pyproject, poetry, uv,
+//! pipenv, cargo, go, bundler, composer, maven, gradle, mix, and the version files of node,
+//! python and ruby), the files the install command names (`./scripts/setup.sh`), and
+//! `.cursor/`. When the repository has no manifest at all, every tracked file is an input, as
+//! nothing tells what install reads. A source-only commit is therefore a cache hit under the
+//! default inputs.
 //!
 //! Content is identified by git blob ids, so a warm build hashes almost nothing: files
 //! unchanged since the index are taken from `git ls-files --stage`, and only files git reports
@@ -11,19 +22,171 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::dockerignore::Globs;
+pub use crate::dockerignore::Globs;
 use crate::error::{BuildError, Result};
 use crate::tree::{self, FileEntry, FileSet, Kind};
 
-/// The inputs of `repo`, narrowed to paths matching any of `globs` when there are some.
-pub fn collect(repo: &Path, globs: &[String]) -> Result<FileSet> {
-    let globs = Globs::new(globs)?;
-    let wanted = |path: &str| globs.is_empty() || globs.matches(path);
+/// The dependency manifests and lock files that make the default install inputs, by file
+/// name (`*` matches within the name). Found at any depth, so a monorepo's
+/// `apps/web/package.json` counts.
+pub const MANIFESTS: &[&str] = &[
+    // npm, yarn, pnpm, bun
+    "package.json",
+    "package-lock.json",
+    "npm-shrinkwrap.json",
+    ".npmrc",
+    "yarn.lock",
+    ".yarnrc",
+    ".yarnrc.yml",
+    "pnpm-lock.yaml",
+    "pnpm-workspace.yaml",
+    ".pnpmfile.cjs",
+    "bun.lock",
+    "bun.lockb",
+    "bunfig.toml",
+    ".nvmrc",
+    ".node-version",
+    // pip, pyproject, poetry, uv, pipenv
+    "requirements*.txt",
+    "constraints*.txt",
+    "setup.py",
+    "setup.cfg",
+    "pyproject.toml",
+    "poetry.lock",
+    "uv.lock",
+    "Pipfile",
+    "Pipfile.lock",
+    ".python-version",
+    // cargo, go
+    "Cargo.toml",
+    "Cargo.lock",
+    "rust-toolchain",
+    "rust-toolchain.toml",
+    "go.mod",
+    "go.sum",
+    "go.work",
+    "go.work.sum",
+    // bundler, composer
+    "Gemfile",
+    "Gemfile.lock",
+    "*.gemspec",
+    ".ruby-version",
+    "composer.json",
+    "composer.lock",
+    // maven, gradle, mix
+    "pom.xml",
+    "build.gradle",
+    "build.gradle.kts",
+    "settings.gradle",
+    "settings.gradle.kts",
+    "gradle.properties",
+    "gradle-wrapper.properties",
+    "libs.versions.toml",
+    "mix.exs",
+    "mix.lock",
+    // version managers
+    ".tool-versions",
+];
+
+/// How the install inputs are chosen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InputRule {
+    /// The globs of `--input`.
+    Flags(Vec<String>),
+    /// The `inputs` of `.cursor/envbuild.json`.
+    Settings(Vec<String>),
+    /// Manifests and lock files, the files install names, and `.cursor/`.
+    Default,
+}
+
+/// All the files `repo` tracks (every file but `.git` outside a git repository).
+pub fn tracked(repo: &Path) -> Result<FileSet> {
     let entries = match git_files(repo)? {
         Some(files) => files,
         None => walk_all(repo)?,
     };
-    Ok(FileSet::new(entries.into_iter().filter(|e| wanted(&e.path)).collect()))
+    Ok(FileSet::new(entries))
+}
+
+/// The install inputs among `tracked`, and where the list came from (for `key` and `explain`).
+pub fn select(tracked: &FileSet, install: Option<&str>, rule: &InputRule) -> Result<(FileSet, String)> {
+    let pick = |globs: &Globs| {
+        FileSet::new(tracked.entries.iter().filter(|e| globs.matches(&e.path)).cloned().collect())
+    };
+    match rule {
+        InputRule::Flags(globs) => Ok((pick(&Globs::new(globs)?), format!("--input {}", globs.join(" ")))),
+        InputRule::Settings(globs) => {
+            Ok((pick(&Globs::new(globs)?), format!(".cursor/envbuild.json inputs: {}", globs.join(" "))))
+        }
+        InputRule::Default => {
+            let manifests = Globs::new(&MANIFESTS.iter().map(|m| format!("**/{m}")).collect::<Vec<_>>())?;
+            let named = named_by(install.unwrap_or_default(), tracked);
+            let mut found = 0;
+            let entries: Vec<_> = tracked
+                .entries
+                .iter()
+                .filter(|e| {
+                    let manifest = manifests.matches(&e.path);
+                    found += usize::from(manifest);
+                    manifest || named.contains(&e.path) || e.path.starts_with(".cursor/")
+                })
+                .cloned()
+                .collect();
+            if found == 0 {
+                return Ok((
+                    tracked.clone(),
+                    "every tracked file: no dependency manifest or lock file was found".to_owned(),
+                ));
+            }
+            let mut from = format!("{found} dependency manifest and lock file(s), `.cursor/`");
+            if !named.is_empty() {
+                from = format!("{from}, and what install names ({})", named.join(", "));
+            }
+            Ok((FileSet::new(entries), from))
+        }
+    }
+}
+
+/// The tracked files the install command names (`./scripts/setup.sh`, `bash tools/deps.sh`).
+fn named_by(install: &str, tracked: &FileSet) -> Vec<String> {
+    let words = install
+        .split(|c: char| c.is_whitespace() || matches!(c, ';' | '&' | '|' | '(' | ')' | '<' | '>' | '`'));
+    let mut named: Vec<String> = words
+        .map(|w| w.trim_matches(|c| c == '"' || c == '\'').trim_start_matches("./"))
+        .filter(|w| !w.is_empty())
+        .filter(|w| tracked.entries.iter().any(|e| e.path == *w && matches!(e.kind, Kind::File { .. })))
+        .map(str::to_owned)
+        .collect();
+    named.sort();
+    named.dedup();
+    named
+}
+
+/// The normalized identity of the repository: its `origin` remote as `host/path` (scheme, user,
+/// port and `.git` dropped, host in lower case), so every clone of one repository is the same
+/// repository; else its canonical path.
+pub fn repository_id(repo: &Path) -> String {
+    if let Ok(Some(url)) = git(repo, &["remote", "get-url", "origin"]) {
+        let url = String::from_utf8_lossy(&url).trim().to_owned();
+        if let Some(id) = normalize_remote(&url) {
+            return id;
+        }
+    }
+    std::fs::canonicalize(repo).unwrap_or_else(|_| repo.to_path_buf()).display().to_string()
+}
+
+/// `https://user@GitHub.com:443/Org/Repo.git` and `git@github.com:Org/Repo` → `github.com/Org/Repo`.
+fn normalize_remote(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let (host, path) = if url.contains("://") {
+        rest.split_once('/')?
+    } else {
+        rest.split_once(':')? // scp-like `host:path`
+    };
+    let host = host.split(':').next()?.to_ascii_lowercase();
+    let path = path.trim_matches('/').trim_end_matches(".git");
+    (!host.is_empty() && !path.is_empty()).then(|| format!("{host}/{path}"))
 }
 
 fn git(repo: &Path, args: &[&str]) -> Result<Option<Vec<u8>>> {
@@ -158,6 +321,14 @@ mod tests {
         std::fs::write(repo.join("untracked.txt"), "x").unwrap();
         run(repo, &["add", "a.txt"]);
         run(repo, &["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "-m", "1"]);
+        let collect = |repo: &Path, globs: &[String]| {
+            let all = tracked(repo).unwrap();
+            if globs.is_empty() {
+                Ok::<_, BuildError>(all)
+            } else {
+                Ok(select(&all, None, &InputRule::Flags(globs.to_vec())).unwrap().0)
+            }
+        };
         let committed = collect(repo, &[]).unwrap();
         assert_eq!(committed.entries.len(), 1, "untracked files are not inputs");
         // git's own id of "one\n".
@@ -174,5 +345,58 @@ mod tests {
             "committing a change changes nothing"
         );
         assert!(collect(repo, &["*.md".to_owned()]).unwrap().entries.is_empty());
+    }
+
+    #[test]
+    fn default_inputs_are_manifests_named_files_and_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path();
+        run(repo, &["init", "-q"]);
+        for path in [
+            "package.json",
+            "package-lock.json",
+            "apps/web/package.json",
+            "src/app.ts",
+            "scripts/setup.sh",
+            ".cursor/environment.json",
+            "README.md",
+        ] {
+            std::fs::create_dir_all(repo.join(path).parent().unwrap()).unwrap();
+            std::fs::write(repo.join(path), path).unwrap();
+        }
+        run(repo, &["add", "-A"]);
+        let all = tracked(repo).unwrap();
+        let (inputs, from) = select(&all, Some("npm ci && ./scripts/setup.sh"), &InputRule::Default).unwrap();
+        let paths: Vec<_> = inputs.entries.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                ".cursor/environment.json",
+                "apps/web/package.json",
+                "package-lock.json",
+                "package.json",
+                "scripts/setup.sh"
+            ]
+        );
+        assert!(from.contains("3 dependency manifest") && from.contains("scripts/setup.sh"), "{from}");
+        // No manifest at all: every tracked file.
+        let only_source =
+            FileSet::new(all.entries.iter().filter(|e| e.path.starts_with("src/")).cloned().collect());
+        let (inputs, from) = select(&only_source, None, &InputRule::Default).unwrap();
+        assert_eq!(inputs, only_source);
+        assert!(from.starts_with("every tracked file"), "{from}");
+    }
+
+    #[test]
+    fn remotes_normalize_to_one_identity() {
+        for url in [
+            "https://user@GitHub.com/Org/Repo.git",
+            "git@github.com:Org/Repo.git",
+            "ssh://git@github.com:22/Org/Repo",
+            "https://github.com/Org/Repo/",
+        ] {
+            assert_eq!(normalize_remote(url).as_deref(), Some("github.com/Org/Repo"), "{url}");
+        }
+        assert_eq!(normalize_remote("not a url"), None);
     }
 }

@@ -1,12 +1,19 @@
 //! The two cache keys and the manifest of every input behind them (DESIGN §3).
 //!
-//! - The **system key** names the system image: the Dockerfile's bytes, the build context's
-//!   files (`.dockerignore` honoured), the id of every base image (a tag is never trusted), the
-//!   build args, the platform and the user. A change here rebuilds the image.
+//! - The **system key** names the system image: what the image build reads — the Dockerfile
+//!   (or its inline text), the id of every base image (a tag is never trusted), the context
+//!   files its `COPY`/`ADD`/bind mounts take (`.dockerignore` honoured; never `.git/` unless
+//!   copied), build args, the names of the build secrets it mounts, the platform and the user.
+//!   A change here rebuilds the image.
 //! - The **env key** names the snapshot: the system key, the install command, the install
-//!   inputs (the repository's files as git tracks them), and the environment install sees
-//!   (non-secret names and values; secret *versions*, never values). A change here re-runs
-//!   install on the cached system image.
+//!   inputs (by default the dependency manifests and lock files, see `inputs`), and the
+//!   environment install sees: variable names with the digests of their values, secret names
+//!   with their scopes. A change here re-runs install, from the last checkpoint.
+//!
+//! Key documents hold digests of values, never values: a build arg or variable carrying a
+//! token would otherwise sit in plain text in every manifest, key record and `key --json`.
+//! Secrets are keyed by name and scope, not version, so rotating a token rebuilds nothing; a
+//! secret marked `--affects-build` adds its version, so rotating it does.
 //!
 //! Each key is `sha256:` + the hex digest of the canonical JSON of its inputs (sorted maps,
 //! fixed field order, a format version first, so that changing what feeds a key is a
@@ -20,8 +27,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{BuildError, Result};
 
-pub const SYSTEM_FORMAT: &str = "envbuild.system-key.v1";
-pub const ENV_FORMAT: &str = "envbuild.env-key.v1";
+pub const SYSTEM_FORMAT: &str = "envbuild.system-key.v2";
+pub const ENV_FORMAT: &str = "envbuild.env-key.v2";
 
 /// What the system image is made of.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,13 +36,17 @@ pub struct SystemInputs {
     pub format: String,
     /// `sha256:` of the Dockerfile's bytes; absent when the base is a snapshot.
     pub dockerfile: Option<String>,
-    /// Context path → fingerprint (`file 644 git:…`, `symlink target`, `dir`).
+    /// Path → fingerprint (`file 644 sha256:…`, `symlink target`, `dir`) of the context files
+    /// the build reads.
     pub context: BTreeMap<String, String>,
     /// Base image reference → image id.
     pub bases: BTreeMap<String, String>,
     /// The snapshot the environment starts from, instead of a Dockerfile.
     pub base_snapshot: Option<String>,
+    /// Build arg → the digest of its value.
     pub build_args: BTreeMap<String, String>,
+    /// Secret id the Dockerfile mounts → the scope it came from.
+    pub build_secrets: BTreeMap<String, String>,
     /// `os/arch`.
     pub platform: String,
     pub user: Option<String>,
@@ -50,10 +61,17 @@ pub struct EnvInputs {
     pub install: Option<String>,
     /// Repository path → fingerprint.
     pub inputs: BTreeMap<String, String>,
-    /// Environment variables install sees (not secrets).
+    /// Where the list of inputs came from (`--input`, `.cursor/envbuild.json`, the default).
+    pub inputs_from: String,
+    /// Environment variable install sees (not a secret) → the digest of its value.
     pub env: BTreeMap<String, String>,
-    /// Secret name → version (never the value).
+    /// Secret name → its scope (and version, for a secret that affects the build).
     pub secrets: BTreeMap<String, String>,
+}
+
+/// The digest of a value, as key documents record it.
+pub fn value_digest(value: &str) -> String {
+    Digest::of(value.as_bytes()).to_string()
 }
 
 /// Both keys and everything they are made of.
@@ -165,14 +183,16 @@ pub fn explain(a: &KeyManifest, b: &KeyManifest) -> Vec<Difference> {
     compare_maps("system", "base image", &sa.bases, &sb.bases, &mut out);
     compare_maps("system", "context file", &sa.context, &sb.context, &mut out);
     compare_maps("system", "build arg", &sa.build_args, &sb.build_args, &mut out);
+    compare_maps("system", "build secret", &sa.build_secrets, &sb.build_secrets, &mut out);
     compare("system", "platform", &sa.platform, &sb.platform, &mut out);
     compare("system", "user", &opt(sa.user.as_ref()), &opt(sb.user.as_ref()), &mut out);
     let (ea, eb) = (&a.env, &b.env);
     compare("env", "key format", &ea.format, &eb.format, &mut out);
     compare("env", "install command", &opt(ea.install.as_ref()), &opt(eb.install.as_ref()), &mut out);
+    compare("env", "input list", &ea.inputs_from, &eb.inputs_from, &mut out);
     compare_maps("env", "input file", &ea.inputs, &eb.inputs, &mut out);
     compare_maps("env", "environment variable", &ea.env, &eb.env, &mut out);
-    compare_maps("env", "secret version", &ea.secrets, &eb.secrets, &mut out);
+    compare_maps("env", "secret", &ea.secrets, &eb.secrets, &mut out);
     out
 }
 
@@ -189,6 +209,7 @@ mod tests {
                 bases: BTreeMap::new(),
                 base_snapshot: None,
                 build_args: BTreeMap::new(),
+                build_secrets: BTreeMap::new(),
                 platform: "linux/amd64".into(),
                 user: Some("agent".into()),
             },
@@ -197,6 +218,7 @@ mod tests {
                 system_key: UNSET,
                 install: Some("npm ci".into()),
                 inputs: BTreeMap::from([("package.json".into(), "file 644 git:11".into())]),
+                inputs_from: "default".into(),
                 env: BTreeMap::new(),
                 secrets: BTreeMap::new(),
             },
@@ -221,7 +243,10 @@ mod tests {
             }),
             Box::new(|s| s.base_snapshot = Some("sha256:2".into())),
             Box::new(|s| {
-                s.build_args.insert("A".into(), "1".into());
+                s.build_args.insert("A".into(), value_digest("1"));
+            }),
+            Box::new(|s| {
+                s.build_secrets.insert("npm_token".into(), "workspace".into());
             }),
             Box::new(|s| s.platform = "linux/arm64".into()),
             Box::new(|s| s.user = None),
@@ -240,11 +265,12 @@ mod tests {
                 e.inputs.insert("src/a".into(), "file 644 git:22".into());
             }),
             Box::new(|e| {
-                e.env.insert("NODE_ENV".into(), "test".into());
+                e.env.insert("NODE_ENV".into(), value_digest("test"));
             }),
             Box::new(|e| {
-                e.secrets.insert("TOKEN".into(), "3".into());
+                e.secrets.insert("TOKEN".into(), "repo:github.com/acme/app".into());
             }),
+            Box::new(|e| e.inputs_from = "--input src/**".into()),
         ];
         for change in env_changes {
             let mut env = base.env.clone();
@@ -264,7 +290,7 @@ mod tests {
         let keys = sample();
         assert_eq!(
             keys.system_key.to_string(),
-            "sha256:c5d7aef7f5ebf202ed6263b103d494c8adf3d9db9fde687dd7886e436cf09765"
+            "sha256:7929493b3198dcce7adb46e60590ce52a5de914963eb22b40b3c83422b39c547"
         );
     }
 }

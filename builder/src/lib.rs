@@ -14,6 +14,7 @@
 //! - [`passwd`]: who `user` is inside an image; [`oci`]: the image configuration a snapshot keeps.
 //! - [`plan`]: what a build reads and its keys, before any work; [`pipeline`]: the build
 //!   steps on the engine; [`cleanup`]: removing what they created, on every path.
+//! - [`workspace`]: bringing `/workspace` to a commit; secrets and caches for install.
 //! - [`boot`]: a booted environment: container, install, start, terminals, logs.
 //! - `testing` (feature `testing`): an engine double that records calls and plays back a script.
 
@@ -35,5 +36,6 @@ pub mod plan;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod tree;
+pub mod workspace;
 
 pub use error::{BuildError, Result};

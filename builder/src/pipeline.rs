@@ -12,18 +12,18 @@ use futures::StreamExt;
 
 use crate::cleanup::Cleanup;
 use crate::engine::{
-    BuildEvent, BuildRequest, ByteStream, ContainerEngine, ContainerSpec, ImageConfig, Output,
+    BuildEvent, BuildRequest, ByteStream, ContainerEngine, ContainerSpec, ExecSpec, ImageConfig,
 };
 use crate::error::{BuildError, Result};
 use crate::passwd::{self, User};
 use crate::plan::{Plan, SystemSource};
+use crate::workspace;
 
 /// Label carrying the system key on system images.
 pub const SYSTEM_KEY_LABEL: &str = "envbuild.system-key";
 /// Label carrying the snapshot id on images imported from snapshots.
 pub const SNAPSHOT_LABEL: &str = "envbuild.snapshot";
-/// Where the repository goes in the container.
-pub const WORKSPACE: &str = "/workspace";
+pub use crate::workspace::WORKSPACE;
 /// Lines of output kept to show when a step fails.
 const TAIL_LINES: usize = 30;
 
@@ -217,6 +217,8 @@ pub struct InstallRun {
     pub container: String,
     pub user: User,
     pub duration: Duration,
+    /// How install is run again (`--check-idempotent`).
+    exec: ExecSpec,
 }
 
 /// Reads a small file from a container, `None` if it is not there.
@@ -238,69 +240,123 @@ pub async fn resolve_user(
     passwd::resolve(spec, &passwd.unwrap_or_default(), &group.unwrap_or_default())
 }
 
-/// Streams a container's output into `sink` until it stops; returns its exit code and tail.
-async fn run_to_end(
+/// Runs a command in `container` to its end, streaming its output to `sink` (when given) and
+/// keeping its last lines; returns its exit code, the tail, and the output when no sink took
+/// it.
+pub async fn exec_to_end(
     engine: &Arc<dyn ContainerEngine>,
     container: &str,
-    sink: &mut dyn OutputSink,
-) -> Result<(i64, Tail)> {
-    let mut output = engine.follow_output(container).await?;
+    spec: &ExecSpec,
+    mut sink: Option<&mut dyn OutputSink>,
+) -> Result<(i64, String, Vec<u8>)> {
+    let (exec, mut output) = engine.exec(container, spec).await?;
     let mut tail = Tail::default();
+    let mut captured = Vec::new();
     while let Some(item) = output.next().await {
         let chunk = item?;
-        let bytes = match &chunk {
-            Output::Stdout(b) | Output::Stderr(b) => b,
-        };
-        sink.output(bytes);
+        let bytes = chunk.bytes();
         tail.push(bytes);
+        match sink.as_deref_mut() {
+            Some(sink) => sink.output(bytes),
+            None => captured.extend_from_slice(bytes),
+        }
     }
-    let code = engine.wait(container).await?;
-    Ok((code, tail))
+    // The output ends when the process does; its code may take a moment to be recorded.
+    for _ in 0..100 {
+        if let Some(code) = engine.exec_exit_code(&exec).await? {
+            return Ok((code, tail.text(), captured));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err(BuildError::Unexpected("did not report the exit code of a command in the environment".into()))
 }
 
-/// Creates the install container on `image` with the repository at `/workspace` (owned by the
-/// user), runs `install` with `sh -c` as the user, and streams its output into `sink`.
+/// A container that runs nothing but a keep-alive, so its commands run as execs: works with
+/// any shell, busybox's included (no `sleep infinity`).
+pub const KEEP_ALIVE: &str = "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done";
+
+/// What install runs with, beside the plan.
+#[derive(Debug, Clone, Default)]
+pub struct InstallSetup {
+    /// The secrets install sees, delivered through a tmpfs file (see `workspace`).
+    pub secrets: BTreeMap<String, envbuild_schema::SecretString>,
+    /// Paths the parent's `/workspace` tracked that this commit does not: removed before
+    /// install, as a checkout would.
+    pub remove: Vec<String>,
+    /// A volume for package-manager caches, mounted at `workspace::CACHE_DIR`.
+    pub cache_volume: Option<String>,
+}
+
+/// Creates the install container on `image` (the system image, or the last checkpoint) with
+/// the repository at `/workspace` owned by the user, gives install its secrets, runs it with
+/// `sh -c` as the user, and streams its output into `sink`.
 pub async fn run_install(
     engine: &Arc<dyn ContainerEngine>,
     plan: &Plan,
     image: &SystemImage,
-    extra_env: &BTreeMap<String, String>,
+    setup: &InstallSetup,
     cleanup: &Cleanup,
     sink: &mut dyn OutputSink,
 ) -> Result<InstallRun> {
     let started = Instant::now();
     let user_spec = plan.spec.user.clone().or_else(|| image.config.user.clone());
     let install = plan.spec.install.clone().filter(|i| !i.trim().is_empty());
-    let env = plan.env.iter().chain(extra_env).map(|(k, v)| format!("{k}={v}")).collect();
     let spec = ContainerSpec {
         image: image.id.clone(),
         entrypoint: Some(Vec::new()),
-        cmd: install
-            .as_ref()
-            .map_or_else(|| vec!["true".to_owned()], |i| vec!["sh".into(), "-c".into(), i.clone()]),
-        user: user_spec.clone(),
+        cmd: vec!["sh".into(), "-c".into(), KEEP_ALIVE.into()],
+        user: Some("0:0".into()),
         working_dir: Some(WORKSPACE.to_owned()),
-        env,
         labels: BTreeMap::from([
             ("envbuild.role".to_owned(), "install".to_owned()),
             ("envbuild.env-key".to_owned(), plan.keys.env_key.to_string()),
         ]),
         network: plan.network,
+        volumes: setup.cache_volume.iter().map(|v| (v.clone(), workspace::CACHE_DIR.to_owned())).collect(),
+        tmpfs: vec![(workspace::SECRETS_DIR.to_owned(), "mode=1777".to_owned())],
         ..ContainerSpec::default()
     };
     let container = engine.create_container(&spec).await?;
     cleanup.container(&container);
     let user = resolve_user(engine, &container, user_spec.as_deref()).await?;
-    let workspace = plan.inputs.clone().tar_stream("workspace/".to_owned(), (user.uid, user.gid));
-    engine.upload(&container, "/", workspace).await?;
-    if install.is_some() {
-        engine.start(&container).await?;
-        let (code, tail) = run_to_end(engine, &container, sink).await?;
+    let files = workspace::upload(
+        plan.workspace.clone(),
+        (user.uid, user.gid),
+        &setup.remove,
+        setup.cache_volume.is_some(),
+    );
+    engine.upload(&container, "/", files).await?;
+    engine.start(&container).await?;
+    if !setup.secrets.is_empty() {
+        let writer = ExecSpec {
+            cmd: workspace::write_secrets_command(),
+            user: Some(user.engine_spec()),
+            stdin: Some(workspace::secrets_file(&setup.secrets)),
+            ..ExecSpec::default()
+        };
+        let (code, tail, _) = exec_to_end(engine, &container, &writer, None).await?;
         if code != 0 {
-            return Err(BuildError::InstallFailed { code, tail: tail.text() });
+            return Err(BuildError::Unexpected(format!(
+                "could not give install its secrets (exit code {code}): {tail}"
+            )));
         }
     }
-    Ok(InstallRun { container, user, duration: started.elapsed() })
+    let mut env: Vec<String> = plan.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    if setup.cache_volume.is_some() {
+        env.extend(workspace::cache_env());
+    }
+    let exec = ExecSpec {
+        cmd: workspace::with_prelude(install.as_deref().unwrap_or("true")),
+        user: Some(user.engine_spec()),
+        working_dir: Some(WORKSPACE.to_owned()),
+        env,
+        stdin: None,
+    };
+    let (code, tail, _) = exec_to_end(engine, &container, &exec, Some(sink)).await?;
+    if code != 0 {
+        return Err(BuildError::InstallFailed { code, tail });
+    }
+    Ok(InstallRun { container, user, duration: started.elapsed(), exec })
 }
 
 /// Runs install again in the same container (same file system), for the idempotency check.
@@ -310,7 +366,27 @@ pub async fn rerun_install(
     run: &InstallRun,
     sink: &mut dyn OutputSink,
 ) -> Result<(i64, String)> {
-    engine.start(&run.container).await?;
-    let (code, tail) = run_to_end(engine, &run.container, sink).await?;
-    Ok((code, tail.text()))
+    let (code, tail, _) = exec_to_end(engine, &run.container, &run.exec, Some(sink)).await?;
+    Ok((code, tail))
+}
+
+/// The tag of the checkpoint image of snapshot `id`: its install container, committed.
+pub fn checkpoint_tag(id: &Digest) -> String {
+    format!("envbuild-checkpoint:{}", id.hex())
+}
+
+/// Label carrying the snapshot id on checkpoint images.
+pub const CHECKPOINT_LABEL: &str = "envbuild.checkpoint";
+
+/// Commits the install container as the checkpoint of snapshot `id`, with the system image's
+/// configuration (never the container's), so the next build of the repository can start from
+/// it without importing the snapshot.
+pub async fn commit_checkpoint(
+    engine: &Arc<dyn ContainerEngine>,
+    run: &InstallRun,
+    id: &Digest,
+    config: &ImageConfig,
+) -> Result<String> {
+    let labels = BTreeMap::from([(CHECKPOINT_LABEL.to_owned(), id.to_string())]);
+    Ok(engine.commit(&run.container, &checkpoint_tag(id), config, &labels).await?)
 }

@@ -14,11 +14,12 @@ use std::path::PathBuf;
 
 use envbuild_schema::{Base, Digest, EnvironmentSpec, LoadedConfig};
 
+use crate::buildkit;
 use crate::context::{self, BuildContext, Dockerfile};
 use crate::dockerfile;
 use crate::engine::{LazyEngine, Network};
 use crate::error::{BuildError, Result};
-use crate::inputs;
+use crate::inputs::{self, InputRule};
 use crate::keys::{self, EnvInputs, KeyManifest, SystemInputs};
 use crate::tree::FileSet;
 
@@ -37,8 +38,13 @@ pub enum SystemSource {
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub repo: PathBuf,
+    /// The repository's identity (its normalized remote, else its path).
+    pub repository: String,
     pub spec: EnvironmentSpec,
     pub source: SystemSource,
+    /// Every tracked file: what `/workspace` holds.
+    pub workspace: FileSet,
+    /// The install inputs among them: what the env key covers.
     pub inputs: FileSet,
     pub keys: KeyManifest,
     /// Environment install sees (not secrets).
@@ -48,14 +54,17 @@ pub struct Plan {
     pub network: Network,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PlanOptions {
-    /// Narrow the install inputs to these globs.
-    pub input_globs: Vec<String>,
+    /// How the install inputs are chosen.
+    pub inputs: InputRule,
     pub env: BTreeMap<String, String>,
     pub build_args: BTreeMap<String, String>,
-    /// Secret name → version, for secrets install sees.
-    pub secret_versions: BTreeMap<String, String>,
+    /// Secret name → what the env key records of it (its scope, and its version when it
+    /// affects the build), for the secrets install sees.
+    pub install_secrets: BTreeMap<String, String>,
+    /// Secret name → scope, for every secret in scope: those the Dockerfile mounts are keyed.
+    pub available_secrets: BTreeMap<String, String>,
     /// The id the config's `snapshot` resolved to; `None` when the snapshot cannot be used,
     /// and the fallback base is planned instead.
     pub base_snapshot: Option<Digest>,
@@ -105,6 +114,7 @@ fn system_inputs(spec: &EnvironmentSpec, platform: String) -> SystemInputs {
         bases: BTreeMap::new(),
         base_snapshot: None,
         build_args: BTreeMap::new(),
+        build_secrets: BTreeMap::new(),
         platform,
         user: spec.user.clone(),
     }
@@ -161,8 +171,9 @@ pub async fn plan(loaded: &LoadedConfig, options: PlanOptions, engine: &LazyEngi
                 }
             };
             let config = paths.config_file.clone();
+            let reads = dockerfile::context_reads(&dockerfile_text, &options.build_args);
             let context = blocking("reading the build context", move || {
-                context::collect(&context_dir, &dockerfile, &config)
+                context::collect(&context_dir, &dockerfile, &config, &reads)
             })
             .await?;
             for base in dockerfile::base_images(&dockerfile_text, &options.build_args) {
@@ -171,27 +182,44 @@ pub async fn plan(loaded: &LoadedConfig, options: PlanOptions, engine: &LazyEngi
             }
             system.dockerfile = Some(crate::tree::hash_text(&dockerfile_text));
             system.context = context.files.fingerprints();
-            system.build_args.clone_from(&options.build_args);
+            system.build_args =
+                options.build_args.iter().map(|(k, v)| (k.clone(), keys::value_digest(v))).collect();
+            for id in buildkit::secret_ids(&dockerfile_text) {
+                let scope = options
+                    .available_secrets
+                    .iter()
+                    .find(|(name, _)| **name == id || name.eq_ignore_ascii_case(&id))
+                    .map_or_else(|| "(not in scope)".to_owned(), |(_, scope)| scope.clone());
+                system.build_secrets.insert(id, scope);
+            }
             SystemSource::Dockerfile { context, dockerfile_text }
         }
     };
     let repo = paths.repo_root.clone();
-    let inputs = {
-        let (repo, globs) = (repo.clone(), options.input_globs.clone());
-        blocking("reading the repository", move || inputs::collect(&repo, &globs)).await?
+    let (workspace, inputs, inputs_from, repository) = {
+        let (repo, rule, install) = (repo.clone(), options.inputs.clone(), spec.install.clone());
+        blocking("reading the repository", move || {
+            let workspace = inputs::tracked(&repo)?;
+            let (inputs, from) = inputs::select(&workspace, install.as_deref(), &rule)?;
+            Ok((workspace, inputs, from, inputs::repository_id(&repo)))
+        })
+        .await?
     };
     let env_inputs = EnvInputs {
         format: keys::ENV_FORMAT.into(),
         system_key: keys::UNSET,
         install: spec.install.clone(),
         inputs: inputs.fingerprints(),
-        env: options.env.clone(),
-        secrets: options.secret_versions.clone(),
+        inputs_from,
+        env: options.env.iter().map(|(k, v)| (k.clone(), keys::value_digest(v))).collect(),
+        secrets: options.install_secrets.clone(),
     };
     Ok(Plan {
         repo,
+        repository,
         spec,
         source,
+        workspace,
         inputs,
         keys: KeyManifest::new(system, env_inputs)?,
         env: options.env,

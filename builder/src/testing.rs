@@ -24,12 +24,38 @@ use crate::engine::{
 pub enum Call {
     Image(String),
     Pull(String),
-    Build { tag: String, dockerfile: String, build_args: BTreeMap<String, String>, secrets: Vec<String> },
-    Import { tag: String },
+    Build {
+        tag: String,
+        dockerfile: String,
+        build_args: BTreeMap<String, String>,
+        secrets: Vec<String>,
+    },
+    Import {
+        tag: String,
+    },
     RemoveImage(String),
-    CreateContainer { image: String, cmd: Vec<String>, user: Option<String>, env: Vec<String> },
-    Upload { container: String, path: String, bytes: usize },
-    Download { container: String, path: String },
+    Commit {
+        container: String,
+        tag: String,
+        env: Vec<String>,
+    },
+    CreateContainer {
+        image: String,
+        cmd: Vec<String>,
+        user: Option<String>,
+        env: Vec<String>,
+        volumes: Vec<(String, String)>,
+        tmpfs: Vec<String>,
+    },
+    Upload {
+        container: String,
+        path: String,
+        bytes: usize,
+    },
+    Download {
+        container: String,
+        path: String,
+    },
     Start(String),
     FollowOutput(String),
     Wait(String),
@@ -37,7 +63,14 @@ pub enum Call {
     Stop(String),
     RemoveContainer(String),
     Containers(String),
-    Exec { container: String, cmd: Vec<String>, env: Vec<String> },
+    EnsureVolume(String),
+    RemoveVolume(String),
+    Exec {
+        container: String,
+        cmd: Vec<String>,
+        env: Vec<String>,
+        stdin: Option<String>,
+    },
     ExecExitCode(String),
 }
 
@@ -99,6 +132,8 @@ struct State {
     /// What each container's main process does, assigned at start.
     runs: BTreeMap<String, Run>,
     last_export: Option<Bytes>,
+    /// Volume name → its labels.
+    volumes: BTreeMap<String, BTreeMap<String, String>>,
     next: u64,
 }
 
@@ -141,7 +176,7 @@ impl FakeEngine {
     pub fn add_image(&self, tag: &str, config: ImageConfig, labels: BTreeMap<String, String>) -> String {
         self.with(|s| {
             let id = s.id("image");
-            s.images.insert(id.clone(), ImageInfo { id: id.clone(), config, labels });
+            s.images.insert(id.clone(), ImageInfo { id: id.clone(), config, labels, layers: 1 });
             s.tags.insert(tag.to_owned(), id.clone());
             id
         })
@@ -239,7 +274,12 @@ impl ContainerEngine for FakeEngine {
                     let id = s.id("image");
                     s.images.insert(
                         id.clone(),
-                        ImageInfo { id: id.clone(), config: ImageConfig::default(), labels: request.labels },
+                        ImageInfo {
+                            id: id.clone(),
+                            config: ImageConfig::default(),
+                            labels: request.labels,
+                            layers: 2,
+                        },
                     );
                     s.tags.insert(request.tag, id.clone());
                     id
@@ -268,11 +308,45 @@ impl ContainerEngine for FakeEngine {
             let id = s.id("image");
             s.images.insert(
                 id.clone(),
-                ImageInfo { id: id.clone(), config: config.clone(), labels: labels.clone() },
+                ImageInfo { id: id.clone(), config: config.clone(), labels: labels.clone(), layers: 1 },
             );
             s.tags.insert(repo_tag.to_owned(), id.clone());
             id
         }))
+    }
+
+    async fn commit(
+        &self,
+        container: &str,
+        repo_tag: &str,
+        config: &ImageConfig,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<String, EngineError> {
+        self.record(Call::Commit {
+            container: container.to_owned(),
+            tag: repo_tag.to_owned(),
+            env: config.env.clone(),
+        });
+        self.with(|s| {
+            let base_layers = s
+                .containers
+                .get(container)
+                .and_then(|c| s.resolve_image(&c.info.image))
+                .and_then(|id| s.images.get(&id))
+                .map_or(1, |i| i.layers);
+            let id = s.id("image");
+            s.images.insert(
+                id.clone(),
+                ImageInfo {
+                    id: id.clone(),
+                    config: config.clone(),
+                    labels: labels.clone(),
+                    layers: base_layers + 1,
+                },
+            );
+            s.tags.insert(repo_tag.to_owned(), id.clone());
+            Ok(id)
+        })
     }
 
     async fn remove_image(&self, id: &str) -> Result<(), EngineError> {
@@ -292,6 +366,8 @@ impl ContainerEngine for FakeEngine {
             cmd: spec.cmd.clone(),
             user: spec.user.clone(),
             env: spec.env.clone(),
+            volumes: spec.volumes.clone(),
+            tmpfs: spec.tmpfs.iter().map(|(path, _)| path.clone()).collect(),
         });
         self.with(|s| {
             if s.resolve_image(&spec.image).is_none() {
@@ -389,6 +465,31 @@ impl ContainerEngine for FakeEngine {
         Ok(())
     }
 
+    async fn ensure_volume(&self, name: &str, labels: &BTreeMap<String, String>) -> Result<(), EngineError> {
+        self.record(Call::EnsureVolume(name.to_owned()));
+        self.with(|s| {
+            s.volumes.entry(name.to_owned()).or_insert_with(|| labels.clone());
+        });
+        Ok(())
+    }
+
+    async fn volumes(&self, label: &str) -> Result<Vec<String>, EngineError> {
+        let (key, value) = label.split_once('=').map_or((label, None), |(k, v)| (k, Some(v)));
+        Ok(self.with(|s| {
+            s.volumes
+                .iter()
+                .filter(|(_, labels)| labels.get(key).is_some_and(|v| value.is_none_or(|want| v == want)))
+                .map(|(name, _)| name.clone())
+                .collect()
+        }))
+    }
+
+    async fn remove_volume(&self, name: &str) -> Result<(), EngineError> {
+        self.record(Call::RemoveVolume(name.to_owned()));
+        self.with(|s| s.volumes.remove(name));
+        Ok(())
+    }
+
     async fn containers(&self, label: &str) -> Result<Vec<ContainerInfo>, EngineError> {
         self.record(Call::Containers(label.to_owned()));
         let (key, value) = match label.split_once('=') {
@@ -409,12 +510,19 @@ impl ContainerEngine for FakeEngine {
             container: container.to_owned(),
             cmd: spec.cmd.clone(),
             env: spec.env.clone(),
+            // What the double was given, for tests to check where secrets went.
+            stdin: spec.stdin.as_ref().map(|s| s.expose().to_owned()),
         });
         let (id, run) = self.with(|s| {
             if !s.containers.get(container).is_some_and(|c| c.started) {
                 return Err(not_found("running container", container));
             }
-            let run = s.script.execs.pop_front().unwrap_or_else(|| Run::exits(0, ""));
+            // A writer of secrets (an exec fed its input) succeeds without a script.
+            let run = if spec.stdin.is_some() {
+                Run::exits(0, "")
+            } else {
+                s.script.execs.pop_front().unwrap_or_else(|| Run::exits(0, ""))
+            };
             let id = s.id("exec");
             s.execs.insert(id.clone(), run.exit_code);
             Ok((id, run))

@@ -72,6 +72,9 @@ pub async fn check(store: &dyn Store, path: &ObjectPath, bytes: &[u8]) -> Result
     } else if path.starts_with(layout::REFS) {
         let record: RefRecord = parse(bytes, "ref")?;
         check_snapshot_present(store, "ref", &record.snapshot).await?;
+    } else if path.starts_with(layout::HEADS) {
+        let record: crate::catalog::HeadRecord = parse(bytes, "head")?;
+        check_snapshot_present(store, "head", &record.snapshot).await?;
     }
     Ok(())
 }

@@ -6,6 +6,10 @@
 //! - A **ref** (`v1/refs/<name>`) is a mutable name for a snapshot, updated by
 //!   compare-and-swap so that two writers never lose each other's update silently.
 //!
+//! - A **head** (`v1/heads/<hex>`) names the newest snapshot built for one repository on one
+//!   system key: the checkpoint the next build's install starts from. It is a side record,
+//!   overwritten by each build; losing it costs one clean build, never correctness.
+//!
 //! Snapshot queries accept a full id (`sha256:<hex>`), the bare hex, a unique hex prefix of at
 //! least [`MIN_PREFIX`] digits, or a ref name.
 
@@ -27,6 +31,47 @@ pub const MIN_PREFIX: usize = 6;
 pub const MAX_RECORD_BYTES: u64 = 1024 * 1024;
 pub const KEY_FORMAT: &str = "envbuild.key.v1";
 pub const REF_FORMAT: &str = "envbuild.ref.v1";
+pub const HEAD_FORMAT: &str = "envbuild.head.v1";
+
+/// The newest build of a repository on a system key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeadRecord {
+    pub format: String,
+    pub repository: String,
+    pub system_key: Digest,
+    pub snapshot: SnapshotId,
+    pub env_key: Digest,
+    pub updated: String,
+}
+
+/// The lineage of `repository` on `system_key`: where its head lives.
+pub fn lineage(repository: &str, system_key: &Digest) -> Digest {
+    let mut hasher = crate::digest::Hasher::new();
+    hasher.update(HEAD_FORMAT.as_bytes());
+    hasher.update(b"\0");
+    hasher.update(repository.as_bytes());
+    hasher.update(b"\0");
+    hasher.update(system_key.as_bytes());
+    hasher.finish()
+}
+
+/// The head of `repository` on `system_key`, if one was recorded.
+pub async fn read_head(
+    store: &dyn Store,
+    repository: &str,
+    system_key: &Digest,
+) -> Result<Option<HeadRecord>> {
+    Ok(read_json(store, &layout::head(&lineage(repository, system_key))).await?.map(|(record, _)| record))
+}
+
+/// Records `record` as the head of its lineage (the newest build wins).
+pub async fn write_head(store: &dyn Store, record: &HeadRecord) -> Result<()> {
+    let bytes = Bytes::from(serde_json::to_vec_pretty(record).map_err(|e| Error::Internal(e.to_string()))?);
+    store
+        .put(&layout::head(&lineage(&record.repository, &record.system_key)), bytes, PutMode::Overwrite)
+        .await?;
+    Ok(())
+}
 
 /// A cache key's entry: which snapshot it built, and when.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -5,6 +5,8 @@
 //! v1/snapshots/<hex>          a manifest (canonical JSON) whose sha256 is <hex>
 //! v1/keys/<hex>               a key record: cache key -> snapshot id (JSON)
 //! v1/refs/<name>              a mutable name -> snapshot id, updated by compare-and-swap
+//! v1/heads/<hex>              the newest build of a repository on a system key (a side
+//!                             record: where the next build's install starts from)
 //! v1/secrets/<scope>/<name>   an envelope-encrypted secret
 //! v1/leases/<kind>-<id>       a writer's or gc's lease (see `lease`)
 //! ```
@@ -24,6 +26,7 @@ pub const CHUNKS: &str = "v1/chunks/";
 pub const SNAPSHOTS: &str = "v1/snapshots/";
 pub const KEYS: &str = "v1/keys/";
 pub const REFS: &str = "v1/refs/";
+pub const HEADS: &str = "v1/heads/";
 pub const SECRETS: &str = "v1/secrets/";
 pub const LEASES: &str = "v1/leases/";
 
@@ -120,6 +123,11 @@ pub fn key(key: &Digest) -> ObjectPath {
 }
 
 /// A ref name: letters, digits and `-_.`, optionally in `/`-separated groups (`team/main`).
+/// The head record of lineage `lineage` (a digest of a repository and a system key).
+pub fn head(lineage: &Digest) -> ObjectPath {
+    ObjectPath(format!("{HEADS}{}", lineage.hex()))
+}
+
 pub fn reference(name: &str) -> Result<ObjectPath, InvalidPath> {
     if name.contains([':', '=', '@', '+', '%']) {
         return Err(InvalidPath {

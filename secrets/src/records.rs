@@ -224,12 +224,13 @@ pub fn env_pairs(loaded: &[Loaded], pick: impl Fn(When) -> bool) -> BTreeMap<Str
     loaded.iter().filter(|s| pick(s.when)).map(|s| (s.name.clone(), s.value.clone())).collect()
 }
 
-/// The versions of the secrets install sees, for the env key.
-pub fn install_versions(found: &[Found]) -> BTreeMap<String, String> {
+/// What the env key records of the secrets install sees: each name with its scope, so that
+/// rotating a value (a new version) rebuilds nothing.
+pub fn install_secrets(found: &[Found]) -> BTreeMap<String, String> {
     found
         .iter()
         .filter(|f| f.record.when.at_install())
-        .map(|f| (f.name.clone(), f.record.version.to_string()))
+        .map(|f| (f.name.clone(), f.scope.to_string()))
         .collect()
 }
 
@@ -257,7 +258,7 @@ mod tests {
         assert_eq!(set(&store, &*kek, &new, &SecretString::new("second-value-456".into())).await.unwrap(), 2);
         let found = list(&store, &[]).await.unwrap();
         assert_eq!(found.len(), 1);
-        assert_eq!(install_versions(&found)["API_TOKEN"], "2");
+        assert_eq!(install_secrets(&found)["API_TOKEN"], "workspace");
         let loaded = open_all(&keyring, found.clone()).await.unwrap();
         assert_eq!(loaded[0].value.expose(), "second-value-456");
 

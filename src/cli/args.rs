@@ -117,7 +117,15 @@ pub enum Command {
     Build(BuildArgs),
     /// Print both cache keys and every input with its hash, without building.
     Key(KeyArgs),
-    /// Name the inputs that differ between two builds (keys or snapshot ids).
+    /// Name the inputs that differ between two builds, or a build and the repository now.
+    ///
+    /// Each differing input is printed with its key (`system` or `env`), before and after; the
+    /// summary says whether the system image is shared and how the second build was made
+    /// (incremental from which snapshot, or clean). With one build, compares it with the
+    /// repository as it is now: what a build would have to do.
+    #[command(
+        after_help = "Examples:\n  envbuild explain sha256:3f2a... sha256:9b1c...\n  envbuild explain 3f2a1b --repo ."
+    )]
     Explain(ExplainArgs),
     /// Boot a snapshot into a running environment: install, start, then the terminals.
     ///
@@ -334,8 +342,18 @@ pub struct BuildArgs {
     #[command(flatten)]
     pub repo: RepoArgs,
     /// Build even if the key is stored (the key record then points at the new snapshot).
+    /// Docker's layer cache is still used (see --no-layer-cache).
     #[arg(long)]
     pub no_cache: bool,
+    /// Build the Dockerfile without Docker's layer cache.
+    #[arg(long)]
+    pub no_layer_cache: bool,
+    /// Install from the system image alone, not from the repository's last checkpoint.
+    #[arg(long)]
+    pub clean: bool,
+    /// Give install no package-manager cache (npm, pip, uv, yarn, pnpm, go...) of this host.
+    #[arg(long)]
+    pub no_package_cache: bool,
     /// Run install a second time on the result and report what it changed.
     #[arg(long)]
     pub check_idempotent: bool,
@@ -357,8 +375,10 @@ pub struct KeyArgs {
 pub struct ExplainArgs {
     /// A key (`sha256:...`), a snapshot id, a unique prefix or a ref.
     pub a: String,
-    /// Another.
-    pub b: String,
+    /// Another; without it, the repository as it is now (`--repo`), before building it.
+    pub b: Option<String>,
+    #[command(flatten)]
+    pub repo: RepoArgs,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,

@@ -278,6 +278,20 @@ async fn a_non_idempotent_install_is_reported() {
         .output()
         .unwrap();
     assert_eq!(strict.status.code(), Some(1));
+    // On a hit, when asked: install runs once more on the stored snapshot; `--json` lists the
+    // paths.
+    let hit = envbuild(store.path())
+        .args(["build", "--check-idempotent", "--json", "--repo"])
+        .arg(repo.path())
+        .output()
+        .unwrap();
+    let report = json(&hit);
+    assert_eq!(report["hit"], true);
+    assert_eq!(report["idempotency"]["idempotent"], false);
+    assert!(
+        report["idempotency"]["changed"].as_array().unwrap().iter().any(|p| p == "opt/runs.log (content)"),
+        "{report}"
+    );
     let basic = self::repo("basic");
     let out = envbuild(store.path())
         .args(["build", "--check-idempotent", "--strict", "--repo"])

@@ -9,6 +9,7 @@ mod boot;
 mod build;
 mod cursor_format;
 mod export;
+mod incremental;
 #[cfg(feature = "s3")]
 mod s3;
 #[cfg(feature = "http")]

@@ -165,19 +165,25 @@ async fn a_miss_builds_installs_exports_and_stores_and_a_hit_touches_no_engine()
     let calls = engine.calls();
     let position = |wanted: &dyn Fn(&Call) -> bool| calls.iter().position(wanted).unwrap_or(usize::MAX);
     let build = position(&|c| matches!(c, Call::Build { .. }));
-    let create = position(
-        &|c| matches!(c, Call::CreateContainer { cmd, .. } if cmd[..2] == ["sh", "-c"] && cmd[2].contains("install done")),
-    );
+    let create = position(&|c| matches!(c, Call::CreateContainer { .. }));
     let upload = position(&|c| matches!(c, Call::Upload { path, bytes, .. } if path == "/" && *bytes > 0));
     let start = position(&|c| matches!(c, Call::Start(_)));
+    let install = position(
+        &|c| matches!(c, Call::Exec { cmd, .. } if cmd.last().is_some_and(|c| c.contains("install done"))),
+    );
     let export = position(&|c| matches!(c, Call::Export(_)));
     let removed = position(&|c| matches!(c, Call::RemoveContainer(_)));
     assert!(
-        build < create && create < upload && upload < start && start < export && export < removed,
+        build < create
+            && create < upload
+            && upload < start
+            && start < install
+            && install < export
+            && export < removed,
         "{calls:#?}"
     );
     assert!(engine.containers().is_empty(), "the install container was left behind");
-    assert_eq!(engine.images().len(), 1, "the system image is kept, nothing else");
+    assert_eq!(engine.images().len(), 2, "the system image and the checkpoint are kept, nothing else");
 
     // Stored: the snapshot is the exported tar, byte for byte, under the env key.
     let id = envbuild::build::stored_snapshot(&*world.store, &report.env_key).await.unwrap().unwrap();
@@ -202,7 +208,7 @@ async fn a_miss_builds_installs_exports_and_stores_and_a_hit_touches_no_engine()
 async fn an_install_failure_reports_its_code_and_last_lines_and_publishes_nothing() {
     let world = World::new("basic");
     let output = (1..=50).map(|i| format!("install line {i}")).collect::<Vec<_>>().join("\n") + "\n";
-    let engine = fake(Script { runs: [Run::exits(3, &output)].into(), ..Script::default() });
+    let engine = fake(Script { execs: [Run::exits(3, &output)].into(), ..Script::default() });
     let cancel = CancellationToken::new();
     let err = envbuild::build::build(&world.session(&engine, &cancel), &world.options()).await.unwrap_err();
     let Error::Build(BuildError::InstallFailed { code, tail }) = &err else { panic!("{err:?}") };
@@ -250,7 +256,7 @@ async fn a_leak_refusal_publishes_nothing_and_reveals_nothing() {
 
     let npmrc = format!("//registry.npmjs.org/:_authToken={value}\n");
     let engine = fake(Script {
-        runs: [Run::exits(0, &format!("using token {value}\n"))].into(),
+        execs: [Run::exits(0, &format!("using token {value}\n"))].into(),
         exports: [rootfs(&[("root/.npmrc", &npmrc)])].into(),
         ..Script::default()
     });
@@ -261,12 +267,15 @@ async fn a_leak_refusal_publishes_nothing_and_reveals_nothing() {
     assert!(text.contains("NPM_TOKEN") && text.contains("root/.npmrc"), "{text}");
     assert_eq!(world.snapshots().await, 0, "a leaking snapshot was published");
     assert_eq!(world.store.list("v1/chunks/").await.unwrap().len(), before, "the leaking chunks stayed");
-    // Install got the value, and no sink saw it.
-    let install_env = engine.calls().into_iter().find_map(|c| match c {
-        Call::CreateContainer { env, .. } => Some(env),
-        _ => None,
-    });
-    assert!(install_env.unwrap().contains(&format!("NPM_TOKEN={value}")));
+    // Install got the value through its secrets file, written from an exec's input: never a
+    // container's or an exec's environment. And no sink saw it.
+    let calls = engine.calls();
+    assert!(calls.iter().any(|c| matches!(c, Call::Exec { stdin: Some(file), .. } if file.contains(&format!("NPM_TOKEN='{value}'")))));
+    for call in &calls {
+        if let Call::CreateContainer { env, .. } | Call::Exec { env, .. } = call {
+            assert!(!env.iter().any(|e| e.contains(value)), "the value is in an environment: {call:?}");
+        }
+    }
     let reported = world.reporter.text();
     assert!(reported.contains("using token ***") && !reported.contains(value), "{reported}");
     assert!(!text.contains(value));
@@ -276,19 +285,20 @@ async fn a_leak_refusal_publishes_nothing_and_reveals_nothing() {
 #[tokio::test]
 async fn cancellation_removes_the_install_container_and_publishes_nothing() {
     let world = World::new("basic");
-    let engine = fake(Script { runs: [Run::hangs()].into(), ..Script::default() });
+    let engine = fake(Script { execs: [Run::hangs()].into(), ..Script::default() });
     let cancel = CancellationToken::new();
     let session = world.session(&engine, &cancel);
     let options = world.options();
     let build = tokio::spawn(async move { envbuild::build::build(&session, &options).await });
     // Cancel once install is running.
+    let running = |engine: &FakeEngine| engine.calls().iter().any(|c| matches!(c, Call::Exec { .. }));
     for _ in 0..500 {
-        if engine.calls().iter().any(|c| matches!(c, Call::FollowOutput(_))) {
+        if running(&engine) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(engine.calls().iter().any(|c| matches!(c, Call::FollowOutput(_))), "install never started");
+    assert!(running(&engine), "install never started");
     assert!(!engine.containers().is_empty());
     cancel.cancel();
     let result = build.await.unwrap();

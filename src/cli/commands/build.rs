@@ -54,6 +54,9 @@ pub async fn run(
         repo: repo_options(&args.repo)?,
         no_cache: args.no_cache,
         check_idempotent: args.check_idempotent,
+        clean: args.clean,
+        no_layer_cache: args.no_layer_cache,
+        no_package_cache: args.no_package_cache,
     };
     let report = build::build(&session, &options).await?;
     if args.json {

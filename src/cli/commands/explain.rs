@@ -13,16 +13,18 @@ pub async fn run(
     cancel: &CancellationToken,
 ) -> anyhow::Result<ExitCode> {
     let session = cli::session(global, cancel).await?;
-    let (a, b, differences) = build::explain(&*session.store, &args.a, &args.b).await?;
+    let repo = crate::cli::commands::build::repo_options(&args.repo)?;
+    let explanation = build::explain(&session, &args.a, args.b.as_deref(), &repo).await?;
+    let (a, b, differences) = (&explanation.a, &explanation.b, &explanation.differences);
     if args.json {
         output::json(&serde_json::json!({
             "a": { "system_key": a.system_key, "env_key": a.env_key },
-            "b": { "system_key": b.system_key, "env_key": b.env_key },
+            "b": { "system_key": b.system_key, "env_key": b.env_key, "built": explanation.b_built },
             "differences": differences,
         }))?;
         return Ok(ExitCode::SUCCESS);
     }
-    for d in &differences {
+    for d in differences {
         let change = match (&d.before, &d.after) {
             (None, Some(after)) => format!("added ({after})"),
             (Some(before), None) => format!("removed (was {before})"),
@@ -37,5 +39,8 @@ pub async fn run(
         (n, true) => format!("{n} input(s) differ, all in the env key: the system image is shared"),
         (n, false) => format!("{n} input(s) differ; the system keys differ, so the system image was rebuilt"),
     });
+    if let Some(how) = &explanation.b_built {
+        ui::eprint_line(format!("the second build: {how}"));
+    }
     Ok(ExitCode::SUCCESS)
 }

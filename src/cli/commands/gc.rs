@@ -14,6 +14,15 @@ pub async fn run(global: &GlobalArgs, args: &GcArgs, cancel: &CancellationToken)
     let store = session.store.clone();
     let options = GcOptions { grace: args.grace, dry_run: args.dry_run, concurrency: session.jobs };
     let report = gc::gc(&store, options).await?;
+    // The package-manager caches of this host go by their own bounds; without an engine there
+    // are none to collect.
+    let caches = match envbuild::caches::collect(&session, args.dry_run).await {
+        Ok(removed) => removed,
+        Err(envbuild::Error::Engine(_) | envbuild::Error::Build(envbuild_builder::BuildError::Engine(_))) => {
+            Vec::new()
+        }
+        Err(e) => return Err(e.into()),
+    };
     if args.json {
         output::json(&serde_json::json!({
             "dry_run": args.dry_run,
@@ -25,6 +34,7 @@ pub async fn run(global: &GlobalArgs, args: &GcArgs, cancel: &CancellationToken)
             "young_chunks": report.young_chunks,
             "removed_leases": report.removed_leases,
             "removed_uploads": report.removed_uploads,
+            "removed_package_caches": caches,
         }))?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -40,6 +50,13 @@ pub async fn run(global: &GlobalArgs, args: &GcArgs, cancel: &CancellationToken)
         report.young_chunks,
         humantime::format_duration(args.grace),
     ));
+    if !caches.is_empty() {
+        ui::eprint_line(format!(
+            "  {verb} {} package-manager cache volume(s): {}",
+            caches.len(),
+            caches.join(", ")
+        ));
+    }
     if report.removed_leases > 0 || report.removed_uploads > 0 {
         ui::eprint_line(format!(
             "  {verb} {} stale leases and {} abandoned uploads",
