@@ -41,7 +41,8 @@ pub struct BootOptions {
     pub repo: Option<PathBuf>,
     /// The environment's name (default: `envbuild-<snapshot id prefix>`).
     pub name: Option<String>,
-    pub scopes: Vec<Scope>,
+    /// Environment groups the environment is in, beside its repository's own.
+    pub groups: Vec<String>,
     pub network: Network,
     /// How long to wait for `start` to finish before leaving it running in the background.
     pub start_wait: Duration,
@@ -115,7 +116,8 @@ pub async fn boot(session: &Session, options: &BootOptions) -> Result<BootReport
     let known_user = user_from_snapshot(&**store, &manifest, spec.user.as_deref()).await?;
     // Every secret of the scopes, decrypted before anything starts: a failure names them all
     // and nothing boots with values missing.
-    let found = records::list(&**store, &options.scopes).await?;
+    let scopes = boot_scopes(&**store, &manifest, options).await?;
+    let found = records::list(&**store, &scopes).await?;
     let loaded = build::open_secrets(session, found).await.map_err(|e| {
         e.context("nothing was started: an environment boots with all of its secrets or not at all")
     })?;
@@ -147,8 +149,15 @@ pub async fn boot(session: &Session, options: &BootOptions) -> Result<BootReport
     );
 
     let cleanup = Cleanup::new(engine.clone());
-    let environment =
-        Environment { engine: &engine, options, spec: &spec, id: &id, name: &name, secrets: &loaded };
+    let environment = Environment {
+        engine: &engine,
+        options,
+        spec: &spec,
+        id: &id,
+        name: &name,
+        secrets: &loaded,
+        scopes: &scopes,
+    };
     let outcome = tokio::select! {
         outcome = environment.start(&image.id, known_user, &cleanup, &mut steps) => outcome,
         () = session.cancel.cancelled() => Err(Error::Interrupted),
@@ -176,6 +185,39 @@ pub async fn boot(session: &Session, options: &BootOptions) -> Result<BootReport
         terminal_mode: mode.map(|m| if m == TerminalMode::Tmux { "tmux" } else { "supervised" }),
         total_seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// The scopes an environment sees: its repository's (with `--repo`, that repository; else the
+/// one the snapshot was built from, as its key record says), the groups it is given, and the
+/// workspace.
+async fn boot_scopes(store: &dyn Store, manifest: &Manifest, options: &BootOptions) -> Result<Vec<Scope>> {
+    if let Some(repo) = &options.repo {
+        return crate::secrets::scopes_of_repository(repo, &options.groups);
+    }
+    let env_key = manifest
+        .keys
+        .as_ref()
+        .and_then(|k| k.get("env_key"))
+        .and_then(|k| k.as_str())
+        .and_then(|k| k.parse().ok());
+    let repository = match env_key {
+        Some(key) => catalog::read_key(store, &key)
+            .await?
+            .and_then(|record| record.info.get("repository").and_then(|r| r.as_str()).map(str::to_owned)),
+        None => None,
+    };
+    match repository {
+        Some(repository) => crate::secrets::scopes_of(&repository, None, &options.groups),
+        None => {
+            let mut scopes: Vec<Scope> = options
+                .groups
+                .iter()
+                .map(|g| format!("env:{g}").parse())
+                .collect::<std::result::Result<_, _>>()?;
+            scopes.push(Scope::Workspace);
+            Ok(scopes)
+        }
+    }
 }
 
 /// The user the environment's processes run as, resolved from the snapshot's own `/etc/passwd`
@@ -210,11 +252,6 @@ pub fn settings_env(spec: &EnvironmentSpec) -> Vec<String> {
     env
 }
 
-/// `NAME=value` lines for the engine.
-fn env_lines(loaded: &[Loaded], pick: impl Fn(When) -> bool) -> Vec<String> {
-    records::env_pairs(loaded, pick).into_iter().map(|(k, v)| format!("{k}={}", v.expose())).collect()
-}
-
 /// One environment being started.
 struct Environment<'a> {
     engine: &'a Arc<dyn ContainerEngine>,
@@ -223,6 +260,7 @@ struct Environment<'a> {
     id: &'a SnapshotId,
     name: &'a str,
     secrets: &'a [Loaded],
+    scopes: &'a [Scope],
 }
 
 impl Environment<'_> {
@@ -243,15 +281,14 @@ impl Environment<'_> {
             (boot::SNAPSHOT_LABEL.to_owned(), self.id.to_string()),
             (
                 boot::SCOPES_LABEL.to_owned(),
-                options.scopes.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+                self.scopes.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
             ),
             (
                 boot::TERMINALS_LABEL.to_owned(),
                 terminal_list.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(","),
             ),
         ]);
-        let mut env = settings_env(spec);
-        env.extend(env_lines(self.secrets, When::at_boot));
+        let env = settings_env(spec);
         let container = boot::create(
             engine,
             &boot::EnvironmentSpec {
@@ -287,11 +324,19 @@ impl Environment<'_> {
 
         if let Some(install) = spec.install.as_ref().filter(|i| !i.trim().is_empty()) {
             let t = Instant::now();
+            // Install's secrets first, in the tmpfs file install's prelude reads.
+            pipeline::write_secrets(
+                engine,
+                &container,
+                &user,
+                &records::env_pairs(self.secrets, When::at_install),
+            )
+            .await?;
             let exec = ExecSpec {
-                cmd: vec!["sh".into(), "-c".into(), install.clone()],
+                cmd: envbuild_builder::workspace::with_prelude(install),
                 user: Some(user.engine_spec()),
                 working_dir: Some(pipeline::WORKSPACE.to_owned()),
-                env: env_lines(self.secrets, When::at_install),
+                env: Vec::new(),
                 stdin: None,
             };
             let (code, _, _) =
@@ -304,6 +349,9 @@ impl Environment<'_> {
             }
             steps.record("install", t, "done".into());
         }
+        // From now on the file holds the boot secrets: start, the terminals and exec see them.
+        pipeline::write_secrets(engine, &container, &user, &records::env_pairs(self.secrets, When::at_boot))
+            .await?;
         if let Some(start) = spec.start.as_ref().filter(|s| !s.trim().is_empty()) {
             let t = Instant::now();
             let detail = match boot::start(engine, &container, start, &user.engine_spec(), options.start_wait)

@@ -28,7 +28,7 @@ use envbuild_cache::ingest::{self, IngestOptions, IngestReport, LeakScanner, Pro
 use envbuild_cache::{Digest, SnapshotId, Store, diff, layout, restore};
 use envbuild_schema::Base;
 use envbuild_secrets::scan::SecretScanner;
-use envbuild_secrets::{Loaded, Scope, SecretString, When, records, redact};
+use envbuild_secrets::{Loaded, SecretString, When, records, redact};
 use serde::Serialize;
 
 use crate::error::{Error, Result, ResultExt};
@@ -48,8 +48,9 @@ pub struct RepoOptions {
     pub build_args: BTreeMap<String, String>,
     /// Network of the build and install.
     pub network: Network,
-    /// Secret scopes whose secrets apply.
-    pub scopes: Vec<Scope>,
+    /// Environment groups the repository is in, beside the one `.cursor/envbuild.json`
+    /// declares: it sees their secrets.
+    pub groups: Vec<String>,
     /// The default base image, for a config that names none (`--base-image`).
     pub base_image: String,
     /// A `snapshot` base that cannot be used is an error instead of a fallback.
@@ -64,7 +65,7 @@ impl Default for RepoOptions {
             env: BTreeMap::new(),
             build_args: BTreeMap::new(),
             network: Network::Host,
-            scopes: vec![Scope::workspace()],
+            groups: Vec::new(),
             base_image: std::env::var(crate::env::BASE_IMAGE)
                 .ok()
                 .filter(|i| !i.trim().is_empty())
@@ -160,10 +161,17 @@ pub async fn plan(session: &Session, repo: &RepoOptions) -> Result<Planned> {
         Base::Snapshot(query) => usable_snapshot(session, query, spec, repo.strict).await?,
         _ => None,
     };
-    let secrets = records::list(&*session.store, &repo.scopes).await?;
+    let settings = config::settings(&loaded.file)?.unwrap_or_default();
+    let repository = loaded
+        .paths
+        .as_ref()
+        .map(|p| envbuild_builder::inputs::repository_id(&p.repo_root))
+        .unwrap_or_default();
+    let scopes = crate::secrets::scopes_of(&repository, settings.environment.as_deref(), &repo.groups)?;
+    let secrets = records::list(&*session.store, &scopes).await?;
     let inputs = if !repo.inputs.is_empty() {
         InputRule::Flags(repo.inputs.clone())
-    } else if let Some(globs) = config::settings(&loaded.file)?.and_then(|s| s.inputs) {
+    } else if let Some(globs) = settings.inputs {
         InputRule::Settings(globs)
     } else {
         InputRule::Default

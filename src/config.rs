@@ -35,6 +35,11 @@ pub struct Settings {
     /// instead of the default manifests and lock files.
     #[serde(default)]
     pub inputs: Option<Vec<String>>,
+    /// The environment group the repository is in: it sees the group's secrets
+    /// (`envbuild secrets set NAME --env GROUP`), as every repository of a Cursor environment
+    /// sees that environment's.
+    #[serde(default)]
+    pub environment: Option<String>,
 }
 
 /// Where the settings of the repository whose config is `config_file` live.
@@ -53,6 +58,6 @@ pub fn settings(config_file: &Path) -> Result<Option<Settings>> {
     let invalid = |detail: String| Error::Failed(format!("`{}` is not valid: {detail}", path.display()));
     let tree = envbuild_schema::jsonc::parse(&text).map_err(|e| invalid(e.to_string()))?;
     serde_json::from_value(tree.to_json()).map(Some).map_err(|e| {
-        invalid(format!("{e}\nhint: it takes `{{ \"inputs\": [\"package.json\", \"src/**\"] }}`"))
+        invalid(format!("{e}\nhint: it takes `{{ \"inputs\": [\"package.json\", \"src/**\"], \"environment\": \"GROUP\" }}`"))
     })
 }

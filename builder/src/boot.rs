@@ -73,6 +73,9 @@ if [ "$1" = launch ]; then
 fi
 name=$1; mode=$2; command=$3
 log=/var/log/envbuild/$name.log
+# The environment's secrets, from a tmpfs file only its user reads (never the container's
+# configuration).
+if [ -r /run/envbuild/secrets.env ]; then set -a; . /run/envbuild/secrets.env; set +a; fi
 echo $$ > "/var/log/envbuild/$name.pid"
 if [ "$mode" = supervise ]; then
   while :; do
@@ -90,7 +93,7 @@ fi
 pub struct EnvironmentSpec {
     pub name: String,
     pub image: String,
-    /// `NAME=value`: the settings and secrets given at boot (start and terminals see them).
+    /// `NAME=value`: the settings given at boot (never secrets: those go in a tmpfs file).
     pub env: Vec<String>,
     pub labels: BTreeMap<String, String>,
     pub network: Network,
@@ -122,17 +125,13 @@ pub async fn create(engine: &Arc<dyn ContainerEngine>, spec: &EnvironmentSpec) -
             name: Some(spec.name.clone()),
             image: spec.image.clone(),
             entrypoint: Some(Vec::new()),
-            // Works with any shell, busybox's included: no `sleep infinity`.
-            cmd: vec![
-                "sh".into(),
-                "-c".into(),
-                "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done".into(),
-            ],
+            cmd: vec!["sh".into(), "-c".into(), crate::pipeline::KEEP_ALIVE.into()],
             user: Some("0:0".into()),
             working_dir: Some(WORKSPACE.to_owned()),
             env: spec.env.clone(),
             labels,
             network: spec.network,
+            tmpfs: vec![(crate::workspace::SECRETS_DIR.to_owned(), "mode=0755".to_owned())],
             ..ContainerSpec::default()
         })
         .await?)

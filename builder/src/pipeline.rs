@@ -271,6 +271,30 @@ pub async fn exec_to_end(
     Err(BuildError::Unexpected("did not report the exit code of a command in the environment".into()))
 }
 
+/// Writes `secrets` to the secrets file of the running `container` (a tmpfs), readable by
+/// `user` alone: the values travel on the standard input of a process inside the container,
+/// never in a configuration. With no secrets, nothing is written (an old file is emptied).
+pub async fn write_secrets(
+    engine: &Arc<dyn ContainerEngine>,
+    container: &str,
+    user: &User,
+    secrets: &BTreeMap<String, envbuild_schema::SecretString>,
+) -> Result<()> {
+    let writer = ExecSpec {
+        cmd: workspace::write_secrets_command(user.uid, user.gid),
+        user: Some("0:0".into()),
+        stdin: Some(workspace::secrets_file(secrets)),
+        ..ExecSpec::default()
+    };
+    let (code, tail, _) = exec_to_end(engine, container, &writer, None).await?;
+    if code != 0 {
+        return Err(BuildError::Unexpected(format!(
+            "could not place the secrets in the container (exit code {code}): {tail}"
+        )));
+    }
+    Ok(())
+}
+
 /// A container that runs nothing but a keep-alive, so its commands run as execs: works with
 /// any shell, busybox's included (no `sleep infinity`).
 pub const KEEP_ALIVE: &str = "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done";
@@ -313,7 +337,7 @@ pub async fn run_install(
         ]),
         network: plan.network,
         volumes: setup.cache_volume.iter().map(|v| (v.clone(), workspace::CACHE_DIR.to_owned())).collect(),
-        tmpfs: vec![(workspace::SECRETS_DIR.to_owned(), "mode=1777".to_owned())],
+        tmpfs: vec![(workspace::SECRETS_DIR.to_owned(), "mode=0755".to_owned())],
         ..ContainerSpec::default()
     };
     let container = engine.create_container(&spec).await?;
@@ -328,18 +352,7 @@ pub async fn run_install(
     engine.upload(&container, "/", files).await?;
     engine.start(&container).await?;
     if !setup.secrets.is_empty() {
-        let writer = ExecSpec {
-            cmd: workspace::write_secrets_command(),
-            user: Some(user.engine_spec()),
-            stdin: Some(workspace::secrets_file(&setup.secrets)),
-            ..ExecSpec::default()
-        };
-        let (code, tail, _) = exec_to_end(engine, &container, &writer, None).await?;
-        if code != 0 {
-            return Err(BuildError::Unexpected(format!(
-                "could not give install its secrets (exit code {code}): {tail}"
-            )));
-        }
+        write_secrets(engine, &container, &user, &setup.secrets).await?;
     }
     let mut env: Vec<String> = plan.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     if setup.cache_volume.is_some() {

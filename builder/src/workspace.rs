@@ -46,9 +46,15 @@ pub const PRELUDE: &str = r#"if [ -f /.envbuild/remove ]; then
 fi
 if [ -r /run/envbuild/secrets.env ]; then set -a; . /run/envbuild/secrets.env; set +a; fi"#;
 
-/// The command that writes the secrets file from standard input (as the environment's user).
-pub fn write_secrets_command() -> Vec<String> {
-    vec!["sh".into(), "-c".into(), format!("umask 077 && cat > {SECRETS_FILE}")]
+/// The command that writes the secrets file from standard input, run as root, leaving the
+/// file to `uid:gid` alone (mode 0600). The tmpfs itself stays root's: Docker copies the mode
+/// of a directory the image already has over a tmpfs's own.
+pub fn write_secrets_command(uid: u64, gid: u64) -> Vec<String> {
+    vec![
+        "sh".into(),
+        "-c".into(),
+        format!("umask 077 && cat > {SECRETS_FILE} && chown {uid}:{gid} {SECRETS_FILE}"),
+    ]
 }
 
 /// `command` run with `sh -c` after the prelude, its text passed as an argument so no quoting

@@ -26,7 +26,7 @@ pub enum Error {
     UnknownSnapshot { query: String, store: String },
     #[error("`{query}` matches {count} snapshots in {store}; give more digits")]
     AmbiguousSnapshot { query: String, count: usize, store: String },
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         context: String,
         #[source]
@@ -35,8 +35,8 @@ pub enum Error {
     #[error("{0}")]
     Busy(String),
     #[error(
-        "the snapshot would contain secret values, so nothing was published: {}",
-        findings.iter().map(|(secret, path)| format!("`{secret}` in `{path}`")).collect::<Vec<_>>().join(", ")
+        "the snapshot would contain secret values, so nothing was published: {}\nhint: use a secret during install without keeping it: reference the variable from the config file instead of its value (in `.npmrc`: `//registry.npmjs.org/:_authToken=${{NPM_TOKEN}}`; pip: `--index-url https://user:${{PIP_TOKEN}}@host/simple` on the command line), or remove the file at the end of install",
+        findings.iter().map(|(secret, path)| format!("`{secret}` in `/{}`", path.trim_start_matches('/'))).collect::<Vec<_>>().join(", ")
     )]
     Leak { findings: Vec<(String, String)> },
     #[error("internal error: {0}")]

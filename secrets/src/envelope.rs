@@ -44,6 +44,10 @@ pub struct SecretRecord {
     pub version: u64,
     pub when: When,
     pub redact: bool,
+    /// Whether a new version changes the env key (rebuilds): off, so rotating a token rebuilds
+    /// nothing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub affects_build: bool,
     /// RFC 3339.
     pub created: String,
     pub kek: KekRef,
@@ -129,16 +133,24 @@ fn gcm_open(key: &[u8; 32], nonce: &[u8], ciphertext: &[u8], aad: &[u8]) -> Opti
 }
 
 /// Seals `value` as version `binding.version`.
+/// What a sealed record says of its secret, beside the value.
+#[derive(Debug, Clone)]
+pub struct Meta {
+    pub when: When,
+    pub redact: bool,
+    pub affects_build: bool,
+    /// RFC 3339.
+    pub created: String,
+}
+
 pub async fn seal(
     kek: &dyn KeyEncryptionKey,
     binding: &Binding,
-    when: When,
-    redact: bool,
-    created: String,
+    meta: &Meta,
     value: &SecretString,
 ) -> Result<SecretRecord> {
+    let Meta { when, redact, affects_build, created } = meta.clone();
     check_name(&binding.name)?;
-    binding.scope.admits(&binding.name)?;
     if redact && value.len() < MIN_SECRET_LEN {
         return Err(SecretError::TooShortToRedact { name: binding.name.clone(), len: value.len() });
     }
@@ -151,6 +163,7 @@ pub async fn seal(
         version: binding.version,
         when,
         redact,
+        affects_build,
         created,
         kek: kek.reference(),
         wrapped_key: b64(&wrapped),
@@ -197,6 +210,18 @@ impl std::fmt::Debug for LocalKey {
 }
 
 impl LocalKey {
+    /// Loads the key at `path`; a missing file is an error saying so. Opening secrets never
+    /// creates a key: a new key would open nothing, and would hide which file was meant.
+    pub fn load(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            return Err(SecretError::MasterKey {
+                path: path.to_path_buf(),
+                reason: "there is no key file here, so no secret sealed with a local key can be opened\nhint: point ENVBUILD_MASTER_KEY at the key file the secrets were sealed with (copy it from the machine that ran `envbuild secrets set`)".into(),
+            });
+        }
+        Self::load_or_create(path)
+    }
+
     /// Loads the key at `path`, creating it (mode 0600) when absent.
     pub fn load_or_create(path: &Path) -> Result<Self> {
         use std::io::{Read, Write};
@@ -266,7 +291,7 @@ impl KeyEncryptionKey for LocalKey {
             return Err(undecryptable(binding, "its wrapped key is truncated"));
         }
         let plain = gcm_open(&self.key, &wrapped[..12], &wrapped[12..], &binding.aad()).ok_or_else(|| {
-            undecryptable(binding, &format!("the local master key `{}` does not open it (another key sealed it, or it belongs elsewhere)", self.path.display()))
+            undecryptable(binding, &format!("the local master key `{}` does not open it: another key sealed it, or the record was moved from another name or scope\nhint: point ENVBUILD_MASTER_KEY at the key file it was sealed with, or set the secret again", self.path.display()))
         })?;
         let mut key = Zeroizing::new([0u8; 32]);
         if plain.len() != 32 {
@@ -278,12 +303,16 @@ impl KeyEncryptionKey for LocalKey {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::scope::Scope;
 
     fn binding(name: &str, scope: &str, version: u64) -> Binding {
         Binding { name: name.into(), scope: scope.parse().unwrap(), version }
+    }
+
+    pub(crate) fn meta(when: When, redact: bool) -> Meta {
+        Meta { when, redact, affects_build: false, created: "now".into() }
     }
 
     #[tokio::test]
@@ -295,14 +324,12 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         let value = SecretString::new("correct horse battery staple".into());
         let record =
-            seal(&kek, &binding("API_TOKEN", "workspace", 1), When::Boot, true, "now".into(), &value)
-                .await
-                .unwrap();
+            seal(&kek, &binding("API_TOKEN", "workspace", 1), &meta(When::Boot, true), &value).await.unwrap();
         assert!(!serde_json::to_string(&record).unwrap().contains("horse"), "the record holds no plaintext");
         let again = LocalKey::load_or_create(&path).unwrap();
         assert_eq!(open(&again, &record, &Scope::workspace(), "API_TOKEN").await.unwrap(), value);
 
-        let other_scope: Scope = "team:core".parse().unwrap();
+        let other_scope: Scope = "env:core".parse().unwrap();
         let err = open(&kek, &record, &other_scope, "API_TOKEN").await.unwrap_err();
         assert!(matches!(err, SecretError::Undecryptable { .. }), "{err}");
         assert!(open(&kek, &record, &Scope::workspace(), "OTHER").await.is_err());
@@ -321,22 +348,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let kek = LocalKey::load_or_create(&dir.path().join("k")).unwrap();
         let short = SecretString::new("1234".into());
-        let err = seal(&kek, &binding("PIN", "workspace", 1), When::Boot, true, String::new(), &short)
-            .await
-            .unwrap_err();
+        let err =
+            seal(&kek, &binding("PIN", "workspace", 1), &meta(When::Boot, true), &short).await.unwrap_err();
         assert!(err.to_string().contains("cannot be redacted"), "{err}");
-        assert!(
-            seal(&kek, &binding("PIN", "workspace", 1), When::Boot, false, String::new(), &short)
-                .await
-                .is_ok()
-        );
-        let err = seal(&kek, &binding("DB_URL", "NEXTJS_*", 1), When::Boot, false, String::new(), &short)
-            .await
-            .unwrap_err();
-        assert!(err.to_string().contains("must start with `NEXTJS_`"), "{err}");
-        assert!("team:".parse::<Scope>().is_err() && "a b".parse::<Scope>().is_err());
+        assert!(seal(&kek, &binding("PIN", "workspace", 1), &meta(When::Boot, false), &short).await.is_ok());
+        assert!("env:".parse::<Scope>().is_err() && "a b".parse::<Scope>().is_err());
         assert!(check_name("9LIVES").is_err() && check_name("OK_1").is_ok());
-        let prefix: Scope = "NEXTJS_*".parse().unwrap();
-        assert_eq!(Scope::from_path_component(&prefix.path_component()), Some(prefix));
+        for scope in ["workspace", "env:platform", "repo:github.com/acme/app", "repo:/home/me/my app"] {
+            let scope: Scope = scope.parse().unwrap();
+            let component = scope.path_component();
+            assert!(
+                envbuild_cache::layout::ObjectPath::new(format!("v1/secrets/{component}/X")).is_ok(),
+                "{component}"
+            );
+            assert_eq!(Scope::from_path_component(&component), Some(scope));
+        }
     }
 }

@@ -11,12 +11,8 @@ use crate::redact::MIN_SECRET_LEN;
 pub enum SecretError {
     #[error("`{0}` is not a valid secret name: use letters, digits and `_`, not starting with a digit")]
     BadName(String),
-    #[error(
-        "`{0}` is not a valid scope: use `workspace`, `team:NAME` or a name prefix ending in `*` (like `NEXTJS_*`)"
-    )]
+    #[error("`{0}` is not a valid scope: use `repo:ID`, `env:NAME` (letters, digits, `-_.`) or `workspace`")]
     BadScope(String),
-    #[error("the secret `{name}` does not belong in scope `{scope}`: its name must start with `{prefix}`")]
-    OutsidePrefix { name: String, scope: String, prefix: String },
     #[error(
         "the secret `{name}` is {len} bytes; values shorter than {MIN_SECRET_LEN} bytes cannot be redacted without masking ordinary output\nhint: use a longer value, or store it with --no-redact"
     )]

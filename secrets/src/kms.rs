@@ -155,17 +155,22 @@ mod tests {
         let Some(options) = moto() else { return };
         let kek = KmsKey::new(&KmsKey::create_for_tests(&options).await.unwrap(), &options).await;
         let value = SecretString::new("postgres://app:s3cr3t-p4ss@db/app".into());
-        let record = seal(&kek, &binding("DB_URL", "team:core", 3), When::Both, true, "now".into(), &value)
-            .await
-            .unwrap();
+        let record = seal(
+            &kek,
+            &binding("DB_URL", "env:core", 3),
+            &crate::envelope::tests::meta(When::Both, true),
+            &value,
+        )
+        .await
+        .unwrap();
         assert_eq!(record.kek.kind, "kms");
         assert!(!serde_json::to_string(&record).unwrap().contains("s3cr3t"), "the record holds no plaintext");
-        let team: Scope = "team:core".parse().unwrap();
-        assert_eq!(open(&kek, &record, &team, "DB_URL").await.unwrap(), value);
+        let group: Scope = "env:core".parse().unwrap();
+        assert_eq!(open(&kek, &record, &group, "DB_URL").await.unwrap(), value);
 
         // The encryption context binds name, scope and version: KMS refuses the data key.
         for (scope, name, version) in
-            [("workspace", "DB_URL", 3), ("team:core", "OTHER", 3), ("team:core", "DB_URL", 4)]
+            [("workspace", "DB_URL", 3), ("env:core", "OTHER", 3), ("env:core", "DB_URL", 4)]
         {
             let mut moved = record.clone();
             moved.version = version;
@@ -174,12 +179,12 @@ mod tests {
         }
         // Another KMS key does not open it.
         let stranger = KmsKey::new(&KmsKey::create_for_tests(&options).await.unwrap(), &options).await;
-        assert!(open(&stranger, &record, &team, "DB_URL").await.is_err());
+        assert!(open(&stranger, &record, &group, "DB_URL").await.is_err());
 
         // KMS down: an error that names the secret, and no value.
         let down = KmsOptions { endpoint_url: Some("http://127.0.0.1:9".into()), ..options };
         let unreachable = KmsKey::new(&kek.reference().key_id, &down).await;
-        let err = open(&unreachable, &record, &team, "DB_URL").await.unwrap_err();
+        let err = open(&unreachable, &record, &group, "DB_URL").await.unwrap_err();
         assert!(matches!(err, SecretError::Kms { .. }) && err.to_string().contains("`DB_URL`"), "{err}");
     }
 }

@@ -53,11 +53,11 @@ impl Keyring {
         }
     }
 
-    /// The key that opens `found`.
+    /// The key that opens `found` (never created: see `LocalKey::load`).
     async fn opening_key(&self, found: &Found) -> Result<Arc<dyn KeyEncryptionKey>> {
         match found.record.kek.kind.as_str() {
             "kms" => kms_key(&found.record.kek.key_id, &found.name).await,
-            _ => Ok(Arc::new(LocalKey::load_or_create(&self.master_key)?)),
+            _ => Ok(Arc::new(LocalKey::load(&self.master_key)?)),
         }
     }
 }
@@ -123,10 +123,7 @@ pub async fn list(store: &dyn Store, scopes: &[Scope]) -> Result<Vec<Found>> {
 pub struct NewVersion<'a> {
     pub scope: &'a Scope,
     pub name: &'a str,
-    pub when: When,
-    pub redact: bool,
-    /// RFC 3339.
-    pub created: String,
+    pub meta: envelope::Meta,
 }
 
 /// Stores a new version of a secret, sealed with `kek`; returns its version number.
@@ -141,7 +138,7 @@ pub async fn set(
         let existing = read(store, new.scope, new.name).await?;
         let version = existing.as_ref().map_or(1, |f| f.record.version + 1);
         let binding = Binding { name: new.name.to_owned(), scope: new.scope.clone(), version };
-        let record = envelope::seal(kek, &binding, new.when, new.redact, new.created.clone(), value).await?;
+        let record = envelope::seal(kek, &binding, &new.meta, value).await?;
         let bytes = serde_json::to_vec_pretty(&record)
             .map_err(|source| SecretError::Encode { name: new.name.to_owned(), source })?;
         let mode = existing.map_or(PutMode::Create, |f| PutMode::Update { etag: f.etag });
@@ -225,12 +222,20 @@ pub fn env_pairs(loaded: &[Loaded], pick: impl Fn(When) -> bool) -> BTreeMap<Str
 }
 
 /// What the env key records of the secrets install sees: each name with its scope, so that
-/// rotating a value (a new version) rebuilds nothing.
+/// rotating a value (a new version) rebuilds nothing; and its version too for a secret marked
+/// to affect the build.
 pub fn install_secrets(found: &[Found]) -> BTreeMap<String, String> {
     found
         .iter()
         .filter(|f| f.record.when.at_install())
-        .map(|f| (f.name.clone(), f.scope.to_string()))
+        .map(|f| {
+            let what = if f.record.affects_build {
+                format!("{} version {}", f.scope, f.record.version)
+            } else {
+                f.scope.to_string()
+            };
+            (f.name.clone(), what)
+        })
         .collect()
 }
 
@@ -246,13 +251,9 @@ mod tests {
         let keyring = Keyring { master_key: dir.path().join("master.key"), kms_key_id: None };
         let kek = keyring.sealing_key().await.unwrap();
         let scope = Scope::workspace();
-        let new = NewVersion {
-            scope: &scope,
-            name: "API_TOKEN",
-            when: When::Both,
-            redact: true,
-            created: "now".into(),
-        };
+        let meta =
+            envelope::Meta { when: When::Both, redact: true, affects_build: false, created: "now".into() };
+        let new = NewVersion { scope: &scope, name: "API_TOKEN", meta };
         let value = SecretString::new("first-value-123".into());
         assert_eq!(set(&store, &*kek, &new, &value).await.unwrap(), 1);
         assert_eq!(set(&store, &*kek, &new, &SecretString::new("second-value-456".into())).await.unwrap(), 2);

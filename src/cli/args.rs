@@ -136,7 +136,7 @@ pub enum Command {
     /// long-running process (in one tmux session when the image has tmux). Reports each step's
     /// time. The environment keeps running until `envbuild stop NAME`.
     #[command(
-        after_help = "Examples:\n  envbuild boot sha256:3f2a... --name agent-1 --repo .\n  envbuild boot --key sha256:0d19... --scope team:core\n  envbuild logs agent-1 web -f"
+        after_help = "Examples:\n  envbuild boot sha256:3f2a... --name agent-1 --repo .\n  envbuild boot --key sha256:0d19... --group platform\n  envbuild logs agent-1 web -f"
     )]
     Boot(BootArgs),
     /// List booted environments.
@@ -316,9 +316,10 @@ pub struct RepoArgs {
     /// Network for the build and install.
     #[arg(long, value_enum, default_value = "host")]
     pub network: NetworkArg,
-    /// Secret scopes whose secrets apply (repeatable): `workspace`, `team:NAME`, `PREFIX*`.
-    #[arg(long = "scope", value_name = "SCOPE", default_value = "workspace")]
-    pub scopes: Vec<envbuild_secrets::Scope>,
+    /// An environment group the repository is in, beside the one `.cursor/envbuild.json`
+    /// declares (repeatable): it sees the group's secrets.
+    #[arg(long = "group", value_name = "NAME")]
+    pub groups: Vec<String>,
     /// The base image of a config that names no `snapshot`, `image` or `build` (Cursor's
     /// default base).
     #[arg(long, value_name = "IMAGE", env = env::BASE_IMAGE, default_value = envbuild_builder::plan::DEFAULT_BASE_IMAGE)]
@@ -399,9 +400,9 @@ pub struct BootArgs {
     /// The environment's name (default: envbuild-<snapshot id prefix>).
     #[arg(long)]
     pub name: Option<String>,
-    /// Secret scopes whose secrets apply (repeatable).
-    #[arg(long = "scope", value_name = "SCOPE", default_value = "workspace")]
-    pub scopes: Vec<envbuild_secrets::Scope>,
+    /// An environment group the environment is in (repeatable): it sees the group's secrets.
+    #[arg(long = "group", value_name = "NAME")]
+    pub groups: Vec<String>,
     /// Network of the environment.
     #[arg(long, value_enum, default_value = "host")]
     pub network: NetworkArg,
@@ -440,23 +441,47 @@ pub struct StopArgs {
 #[derive(Debug, Subcommand)]
 pub enum SecretsCommand {
     /// Store a new version of a secret; the value is read from stdin.
+    ///
+    /// The secret belongs to the repository it is set in (`--repo`, default `.`: its git
+    /// remote, else its path), to a named environment group (`--env NAME`: every repository
+    /// that declares the group in `.cursor/envbuild.json`, or is built with `--group NAME`), or
+    /// to every repository of the store (`--scope workspace`). Rotating a value rebuilds
+    /// nothing, unless the secret is marked `--affects-build`.
     #[command(
-        after_help = "Examples:\n  printf %s \"$NPM_TOKEN\" | envbuild secrets set NPM_TOKEN --when install\n  envbuild secrets set DATABASE_URL --scope team:core < url.txt\n  envbuild secrets set NEXTJS_API_KEY --scope 'NEXTJS_*' < key.txt"
+        after_help = "Examples:\n  printf %s \"$NPM_TOKEN\" | envbuild secrets set NPM_TOKEN --when install\n  envbuild secrets set DATABASE_URL --env platform < url.txt\n  envbuild secrets set SENTRY_DSN --scope workspace < dsn.txt"
     )]
     Set(SecretSetArgs),
     /// List secrets: names, scopes, versions and dates, never values.
+    #[command(after_help = "Examples:\n  envbuild secrets ls\n  envbuild secrets ls --for path/to/repo")]
     Ls(SecretLsArgs),
     /// Remove a secret.
     Rm(SecretRmArgs),
+}
+
+/// Which scope a secret is set in or removed from.
+#[derive(Debug, Clone, Args)]
+pub struct SecretScopeArgs {
+    /// The repository the secret belongs to (the default scope).
+    #[arg(long, value_name = "DIR", default_value = ".", conflicts_with_all = ["env", "scope"])]
+    pub repo: PathBuf,
+    /// An environment group instead: every repository in it sees the secret.
+    #[arg(long, value_name = "NAME", conflicts_with = "scope")]
+    pub env: Option<String>,
+    /// `workspace`: every repository of the store sees the secret (opt-in).
+    #[arg(long, value_name = "workspace", value_parser = ["workspace"])]
+    pub scope: Option<String>,
 }
 
 #[derive(Debug, Args)]
 pub struct SecretSetArgs {
     /// The environment variable name.
     pub name: String,
-    /// `workspace`, `team:NAME`, or a name prefix ending in `*` for one service of a monorepo.
-    #[arg(long, default_value = "workspace")]
-    pub scope: envbuild_secrets::Scope,
+    #[command(flatten)]
+    pub target: SecretScopeArgs,
+    /// A new version changes the env key, so rotating the value rebuilds (off: rotating a
+    /// token rebuilds nothing).
+    #[arg(long)]
+    pub affects_build: bool,
     /// When the value reaches the environment: at boot (start and terminals), in install only,
     /// or both.
     #[arg(long, value_enum, default_value = "boot")]
@@ -478,9 +503,12 @@ pub enum WhenArg {
 
 #[derive(Debug, Args)]
 pub struct SecretLsArgs {
-    /// Only these scopes (repeatable); default: all.
-    #[arg(long = "scope", value_name = "SCOPE")]
-    pub scopes: Vec<envbuild_secrets::Scope>,
+    /// Only the secrets this repository sees (its own, its groups', the workspace's).
+    #[arg(long = "for", value_name = "REPO")]
+    pub for_repo: Option<PathBuf>,
+    /// With --for: environment groups the repository is in besides the one it declares.
+    #[arg(long = "group", value_name = "NAME", requires = "for_repo")]
+    pub groups: Vec<String>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -489,8 +517,8 @@ pub struct SecretLsArgs {
 #[derive(Debug, Args)]
 pub struct SecretRmArgs {
     pub name: String,
-    #[arg(long, default_value = "workspace")]
-    pub scope: envbuild_secrets::Scope,
+    #[command(flatten)]
+    pub target: SecretScopeArgs,
 }
 
 #[derive(Debug, Args)]

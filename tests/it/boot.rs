@@ -18,8 +18,18 @@ fn eb(store: &Path, home: &Path) -> assert_cmd::Command {
     cmd
 }
 
+/// Sets a secret for every repository of the store (`--scope workspace`) unless `extra` names
+/// another scope.
 fn set_secret(store: &Path, home: &Path, name: &str, value: &str, extra: &[&str]) -> Output {
-    eb(store, home).args(["secrets", "set", name]).args(extra).write_stdin(value).output().unwrap()
+    let scoped = extra.iter().any(|a| matches!(*a, "--scope" | "--env" | "--repo"));
+    let default: &[&str] = if scoped { &[] } else { &["--scope", "workspace"] };
+    eb(store, home)
+        .args(["secrets", "set", name])
+        .args(default)
+        .args(extra)
+        .write_stdin(value)
+        .output()
+        .unwrap()
 }
 
 /// Boots snapshot `id` as `name` with `repo` at /workspace, without network, reporting JSON.
@@ -68,7 +78,7 @@ fn secrets_are_listed_without_values_and_short_values_are_not_redacted() {
             .success()
     );
     assert!(
-        set_secret(store.path(), home.path(), "NEXTJS_KEY", BOOT_VALUE, &["--scope", "NEXTJS_*"])
+        set_secret(store.path(), home.path(), "NEXTJS_KEY", BOOT_VALUE, &["--env", "frontend"])
             .status
             .success()
     );
@@ -78,7 +88,7 @@ fn secrets_are_listed_without_values_and_short_values_are_not_redacted() {
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let row = |name: &str| rows.as_array().unwrap().iter().find(|r| r["name"] == name).cloned().unwrap();
     assert_eq!(row("API_TOKEN")["version"], 2);
-    assert_eq!(row("NEXTJS_KEY")["scope"], "NEXTJS_*");
+    assert_eq!(row("NEXTJS_KEY")["scope"], "env:frontend");
     let mode =
         std::fs::metadata(home.path().join("config/envbuild/master.key")).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
@@ -90,9 +100,13 @@ fn secrets_are_listed_without_values_and_short_values_are_not_redacted() {
     assert!(all_text(&short).contains("cannot be redacted"));
     let short = set_secret(store.path(), home.path(), "PIN", "1234", &["--no-redact"]);
     assert!(short.status.success() && all_text(&short).contains("cannot be redacted"));
-    let wrong = set_secret(store.path(), home.path(), "OTHER", BOOT_VALUE, &["--scope", "NEXTJS_*"]);
-    assert!(all_text(&wrong).contains("must start with `NEXTJS_`"));
-    assert!(eb(store.path(), home.path()).args(["secrets", "rm", "PIN"]).output().unwrap().status.success());
+    let wrong = set_secret(store.path(), home.path(), "OTHER", BOOT_VALUE, &["--env", "not a name"]);
+    assert!(all_text(&wrong).contains("not a valid scope"), "{}", all_text(&wrong));
+    let removed = eb(store.path(), home.path())
+        .args(["secrets", "rm", "PIN", "--scope", "workspace"])
+        .output()
+        .unwrap();
+    assert!(removed.status.success(), "{}", all_text(&removed));
 }
 
 /// A leak of a redacted value into the file system refuses the publish, naming the secret
@@ -219,6 +233,53 @@ async fn boot_runs_install_start_and_terminals_with_masked_secrets() {
     follow.kill().unwrap();
     follow.wait().unwrap();
 
+    // Neither value is anywhere an engine or envbuild keeps data: every container's and image's
+    // configuration, the images' history, the store (raw, base64, hex), `ps`, `inspect`, `key`.
+    let docker = |args: &[&str]| {
+        let out = std::process::Command::new("docker").args(args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let mut dumps: Vec<(String, Vec<u8>)> = Vec::new();
+    for id in docker(&["ps", "-aq", "--filter", "label=envbuild.name"]).split_whitespace() {
+        dumps.push((format!("docker inspect {id}"), docker(&["inspect", id]).into_bytes()));
+    }
+    let images = docker(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+    for image in images.lines().filter(|i| i.starts_with("envbuild-")) {
+        dumps.push((
+            format!("docker image inspect {image}"),
+            docker(&["image", "inspect", image]).into_bytes(),
+        ));
+        dumps.push((
+            format!("docker history {image}"),
+            docker(&["history", "--no-trunc", image]).into_bytes(),
+        ));
+    }
+    for args in [
+        vec!["ps", "--json"],
+        vec!["inspect", "--json", report["id"].as_str().unwrap()],
+        vec!["key", "--json", "--repo", repo.path().to_str().unwrap()],
+    ] {
+        dumps.push((
+            format!("envbuild {}", args.join(" ")),
+            eb(store.path(), home.path()).args(&args).output().unwrap().stdout,
+        ));
+    }
+    for file in walk(store.path()) {
+        dumps.push((file.display().to_string(), std::fs::read(&file).unwrap()));
+    }
+    for value in [INSTALL_VALUE, BOOT_VALUE] {
+        let forms = [
+            value.to_owned(),
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, value),
+            hex::encode(value),
+        ];
+        for (sink, bytes) in &dumps {
+            for form in &forms {
+                assert!(!bytes.windows(form.len()).any(|w| w == form.as_bytes()), "`{form}` is in {sink}");
+            }
+        }
+    }
+
     // The environment finds its settings: its normalized config, read-only, and variables.
     let settings = std::process::Command::new("docker")
         .args(["exec", &name, "sh", "-c", "ls -l /etc/envbuild/environment.json; cat $ENVBUILD_CONFIG; echo; echo testing=$ENVBUILD_ENABLE_TESTING"])
@@ -268,7 +329,7 @@ async fn kms_secrets_open_and_an_unreachable_kms_stops_the_boot() {
     let mut set = eb(store.path(), home.path());
     with_aws(&mut set, &endpoint);
     let out = set
-        .args(["secrets", "set", "BOOT_TOKEN", "--kms-key-id", &key_id])
+        .args(["secrets", "set", "BOOT_TOKEN", "--scope", "workspace", "--kms-key-id", &key_id])
         .write_stdin(BOOT_VALUE)
         .output()
         .unwrap();
@@ -309,19 +370,27 @@ async fn kms_secrets_open_and_an_unreachable_kms_stops_the_boot() {
     stop.args(["stop", &name]).output().unwrap();
 
     // A record moved to another scope does not open there (its scope is bound into it).
-    let team = store.path().join("v1/secrets/team:core");
+    let team = store.path().join("v1/secrets/env=core");
     std::fs::create_dir_all(&team).unwrap();
     std::fs::rename(store.path().join("v1/secrets/workspace/BOOT_TOKEN"), team.join("BOOT_TOKEN")).unwrap();
     let mut boot = eb(store.path(), home.path());
     with_aws(&mut boot, &endpoint);
-    let out = boot
-        .args(["boot", &id, "--network", "none", "--name", &name, "--scope", "team:core"])
-        .output()
-        .unwrap();
+    let out =
+        boot.args(["boot", &id, "--network", "none", "--name", &name, "--group", "core"]).output().unwrap();
     let text = all_text(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("cannot be decrypted") && !text.contains(BOOT_VALUE), "{text}");
     assert!(engine.containers(&format!("envbuild.name={name}")).await.unwrap().is_empty());
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() { out.extend(walk(&path)) } else { out.push(path) }
+    }
+    out
 }
 
 /// Copies the host's `binary` to `rootfs/bin` (the fixture's PATH) and the shared libraries

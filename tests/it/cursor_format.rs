@@ -9,8 +9,7 @@ use envbuild::Error;
 use envbuild_builder::BuildError;
 use envbuild_builder::engine::ImageConfig;
 use envbuild_builder::testing::{Call, FakeEngine, Script};
-use envbuild_secrets::records::{self, NewVersion};
-use envbuild_secrets::{Scope, SecretString, When};
+use envbuild_secrets::{Scope, When};
 use tokio_util::sync::CancellationToken;
 
 use crate::workflows::{World, fake, rootfs};
@@ -193,18 +192,7 @@ async fn build_secrets_reach_the_build_as_secrets_only() {
         r#"{ "build": { "dockerfile": "Dockerfile" } }"#,
         &[(".cursor/Dockerfile", dockerfile)],
     );
-    let kek = world.keyring.sealing_key().await.unwrap();
-    let scope = Scope::workspace();
-    let new = NewVersion {
-        scope: &scope,
-        name: "NPM_TOKEN",
-        when: When::Install,
-        redact: true,
-        created: "now".into(),
-    };
-    records::set(&*world.store, &*kek, &new, &SecretString::new("npm_build_time_secret_9".into()))
-        .await
-        .unwrap();
+    world.set_secret(&Scope::workspace(), "NPM_TOKEN", When::Install, "npm_build_time_secret_9").await;
     let engine = engine_with_images(&[]);
     envbuild::build::build(&world.session(&engine, &CancellationToken::new()), &world.options())
         .await

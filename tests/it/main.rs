@@ -12,6 +12,7 @@ mod export;
 mod incremental;
 #[cfg(feature = "s3")]
 mod s3;
+mod scopes;
 #[cfg(feature = "http")]
 mod serve;
 mod store;

@@ -107,6 +107,25 @@ impl World {
         }
     }
 
+    /// Stores `value` as the secret `name` in `scope`.
+    pub(crate) async fn set_secret(&self, scope: &Scope, name: &str, when: When, value: &str) {
+        let kek = self.keyring.sealing_key().await.unwrap();
+        let meta = envbuild_secrets::envelope::Meta {
+            when,
+            redact: true,
+            affects_build: false,
+            created: "now".into(),
+        };
+        records::set(
+            &*self.store,
+            &*kek,
+            &NewVersion { scope, name, meta },
+            &SecretString::new(value.into()),
+        )
+        .await
+        .unwrap();
+    }
+
     pub(crate) async fn snapshots(&self) -> usize {
         catalog::list_snapshots(&*self.store).await.unwrap().len()
     }
@@ -242,16 +261,7 @@ async fn a_failed_image_build_leaves_nothing() {
 async fn a_leak_refusal_publishes_nothing_and_reveals_nothing() {
     let world = World::new("basic");
     let value = "npm_s3cr3t-t0ken-value-42";
-    let kek = world.keyring.sealing_key().await.unwrap();
-    let scope = Scope::workspace();
-    let new = NewVersion {
-        scope: &scope,
-        name: "NPM_TOKEN",
-        when: When::Install,
-        redact: true,
-        created: "now".into(),
-    };
-    records::set(&*world.store, &*kek, &new, &SecretString::new(value.into())).await.unwrap();
+    world.set_secret(&Scope::workspace(), "NPM_TOKEN", When::Install, value).await;
     let before: usize = world.store.list("v1/chunks/").await.unwrap().len();
 
     let npmrc = format!("//registry.npmjs.org/:_authToken={value}\n");
@@ -323,7 +333,7 @@ async fn boot_runs_install_then_start_then_the_terminals() {
         target: Target::Snapshot(built.id.to_string()),
         repo: None,
         name: Some("agent-1".into()),
-        scopes: vec![Scope::workspace()],
+        groups: Vec::new(),
         network: Network::None,
         start_wait: Duration::from_secs(5),
     };
@@ -341,6 +351,11 @@ async fn boot_runs_install_then_start_then_the_terminals() {
             _ => None,
         })
         .collect();
+    // The secrets file is written before install (install's secrets) and again before start
+    // (the boot secrets); the remaining execs are the environment's own steps, in order.
+    let (writes, execs): (Vec<_>, Vec<_>) =
+        execs.into_iter().partition(|cmd| cmd.iter().any(|a| a.contains("> /run/envbuild/secrets.env")));
+    assert_eq!(writes.len(), 2, "{writes:?}");
     assert_eq!(execs.len(), 3, "{execs:?}");
     assert!(execs[0].last().unwrap().contains("install done"), "install first: {execs:?}");
     assert!(

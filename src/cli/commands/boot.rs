@@ -22,7 +22,7 @@ pub async fn run(
         target,
         repo: args.repo.clone(),
         name: args.name.clone(),
-        scopes: args.scopes.clone(),
+        groups: args.groups.clone(),
         network: args.network.into(),
         start_wait: args.start_wait,
     };

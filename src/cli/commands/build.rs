@@ -38,7 +38,7 @@ pub fn repo_options(args: &RepoArgs) -> anyhow::Result<RepoOptions> {
         env: parse_pairs(&args.env, "--env")?,
         build_args: parse_pairs(&args.build_arg, "--build-arg")?,
         network: args.network.into(),
-        scopes: args.scopes.clone(),
+        groups: args.groups.clone(),
         base_image: args.base_image.clone(),
         strict: args.strict,
     })
