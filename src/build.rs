@@ -25,6 +25,7 @@ use envbuild_builder::plan::{self, Plan, PlanOptions, SystemSource};
 use envbuild_cache::catalog::{self, KeyRecord};
 use envbuild_cache::diff::Diff;
 use envbuild_cache::ingest::{self, IngestOptions, IngestReport, LeakScanner, Progress, SnapshotMeta};
+use envbuild_cache::manifest::Manifest;
 use envbuild_cache::{Digest, SnapshotId, Store, diff, layout, restore};
 use envbuild_schema::Base;
 use envbuild_secrets::scan::SecretScanner;
@@ -304,10 +305,45 @@ const TRACKED: &str = envbuild_builder::workspace::TRACKED;
 #[derive(Debug, Clone)]
 struct Parent {
     id: SnapshotId,
+    manifest: Arc<Manifest>,
     image: SystemImage,
     /// The files its `/workspace` tracked, one per line.
     tracked: String,
     how: &'static str,
+    /// The secrets its stream was scanned for (see `records::scanned`), when its key record
+    /// says.
+    scanned: Option<Vec<String>>,
+}
+
+/// The files under `/workspace` of a snapshot, by path under it, as the upload compares them.
+fn workspace_files(manifest: &Manifest) -> BTreeMap<String, envbuild_builder::workspace::ParentEntry> {
+    use envbuild_builder::workspace::{ParentEntry, ParentKind};
+    use envbuild_cache::tar::EntryKind;
+    manifest
+        .toc
+        .iter()
+        .filter(|e| e.path_b64.is_none())
+        .filter_map(|e| {
+            let path = e.path.strip_prefix("workspace/")?;
+            let kind = match e.kind {
+                EntryKind::File => e
+                    .hash
+                    .as_deref()
+                    .and_then(|h| h.strip_prefix("xxh3:"))
+                    .and_then(|h| u128::from_str_radix(h, 16).ok())
+                    .map_or(ParentKind::Other, |xxh3| ParentKind::File { size: e.size, xxh3 }),
+                EntryKind::Symlink if e.link_b64.is_none() => {
+                    ParentKind::Symlink { target: e.link.clone().unwrap_or_default() }
+                }
+                EntryKind::Directory => ParentKind::Directory,
+                _ => ParentKind::Other,
+            };
+            Some((
+                path.to_owned(),
+                ParentEntry { kind, mode: e.mode, uid: e.uid, gid: e.gid, mtime: e.mtime },
+            ))
+        })
+        .collect()
 }
 
 /// The package-manager cache volume of a repository on this host.
@@ -348,7 +384,7 @@ impl Miss<'_> {
         // Install starts from the last checkpoint of this repository on this system image
         // (its parent), so a changed dependency costs what changed, not a reinstall.
         let parent = if self.options.clean { None } else { self.parent(&system).await };
-        let (image, remove) = match &parent {
+        let (image, remove, checkpoint) = match &parent {
             Some(parent) => {
                 session.note(format!(
                     "running install in {}, incremental from snapshot {} ({})",
@@ -356,11 +392,18 @@ impl Miss<'_> {
                     short(&parent.id),
                     parent.how
                 ));
-                (parent.image.clone(), envbuild_builder::workspace::removed(&parent.tracked, &plan.workspace))
+                (
+                    parent.image.clone(),
+                    envbuild_builder::workspace::removed(&parent.tracked, &plan.workspace),
+                    Some(Arc::new(envbuild_builder::workspace::Checkpoint {
+                        files: workspace_files(&parent.manifest),
+                        tracked: parent.tracked.clone(),
+                    })),
+                )
             }
             None => {
                 session.note(format!("running install in {} on the system image", pipeline::WORKSPACE));
-                (system.clone(), Vec::new())
+                (system.clone(), Vec::new(), None)
             }
         };
         // Install sees the secrets declared for it, through a file on a tmpfs: never the
@@ -377,6 +420,7 @@ impl Miss<'_> {
             secrets: records::env_pairs(self.secrets, When::at_install),
             remove,
             cache_volume,
+            checkpoint,
         };
         let run = pipeline::run_install(
             self.engine,
@@ -389,10 +433,10 @@ impl Miss<'_> {
         .await?;
         timings.install = Some(run.duration.as_secs_f64());
         let exported = Instant::now();
-        let report = self.export_into_store(&system.config, &run.container).await?;
+        let (report, how) = self.export_into_store(&system.config, &run.container, parent.as_ref()).await?;
         timings.export_and_store = Some(exported.elapsed().as_secs_f64());
         session.note(format!(
-            "stored snapshot {}: {} in {} entries; {} new chunks ({}) in {}",
+            "stored snapshot {}: {} in {} entries; {} new chunks ({}) in {}{how}",
             report.id,
             crate::format::bytes(report.bytes),
             report.entries,
@@ -413,6 +457,7 @@ impl Miss<'_> {
                 "system_image": system.id,
                 "repository": plan.repository,
                 "parent": parent.as_ref().map(|p| p.id.to_string()),
+                "scanned_secrets": records::scanned(self.secrets),
                 "timings": {
                     "system_image": timings.system_image,
                     "install": timings.install,
@@ -523,7 +568,14 @@ impl Miss<'_> {
                 (image, "imported from the store")
             }
         };
-        Ok(Parent { id: head.snapshot, image, tracked, how })
+        // What the parent's stream was scanned for: a splice onto it scans only the new bytes.
+        let scanned = catalog::read_key(&*session.store, &head.env_key)
+            .await
+            .ok()
+            .flatten()
+            .filter(|record| record.snapshot == head.snapshot)
+            .and_then(|record| serde_json::from_value(record.info.get("scanned_secrets")?.clone()).ok());
+        Ok(Parent { id: head.snapshot, manifest: Arc::new(manifest), image, tracked, how, scanned })
     }
 
     /// Commits the install container as the checkpoint of `id` (the next build starts from
@@ -580,10 +632,106 @@ impl Miss<'_> {
         }
     }
 
-    async fn export_into_store(&self, config: &ImageConfig, container: &str) -> Result<IngestReport> {
+    /// Stores the install container's file system: spliced onto the parent's snapshot when
+    /// install started from it (reading only what changed, see `delta`), else exported whole.
+    /// Returns the report and how it was stored, for the note.
+    async fn export_into_store(
+        &self,
+        config: &ImageConfig,
+        container: &str,
+        parent: Option<&Parent>,
+    ) -> Result<(IngestReport, String)> {
+        let session = self.session;
+        let options = self.ingest_options(config)?;
+        let how = std::env::var(crate::env::EXPORT).unwrap_or_default();
+        let always = match how.as_str() {
+            "" | "auto" => false,
+            "changes" => true,
+            "whole" => return self.export_whole(container, options).await.map(|r| (r, String::new())),
+            other => {
+                return Err(Error::Failed(format!(
+                    "{}=`{other}` is not a way to store a build\nhint: use `auto`, `changes` or `whole`",
+                    crate::env::EXPORT
+                )));
+            }
+        };
+        if let Some(parent) = parent {
+            match self.splice_into_store(container, parent, options.clone(), always).await {
+                Ok((report, reads)) => {
+                    return Ok((
+                        report,
+                        format!(" (the parent's, plus {reads} changed paths read from the engine)"),
+                    ));
+                }
+                // A leak is a refusal, not a failure: a full export would find it again.
+                Err(e @ Error::Cache(envbuild_cache::Error::Leak { .. })) => return Err(e),
+                Err(e) => {
+                    session.note(format!(
+                        "storing the whole file system: {}",
+                        envbuild_builder::error::chain(&e)
+                    ));
+                }
+            }
+        }
+        Ok((self.export_whole(container, options).await?, String::new()))
+    }
+
+    /// The container's whole file system, exported and ingested.
+    async fn export_whole(&self, container: &str, options: IngestOptions) -> Result<IngestReport> {
         let session = self.session;
         let rootfs = self.engine.export(container).await?;
         let reader = bridge::stream_reader(rootfs);
+        let counters = Arc::new(Progress::default());
+        let _bar = session.reporter.progress("storing", &counters);
+        ingest::ingest(session.store.clone(), Box::new(reader), options, counters)
+            .await
+            .with_context(|| format!("cannot store the environment in {}", session.store.location()))
+    }
+
+    /// The new snapshot as the parent's plus the paths install changed; how many were read.
+    async fn splice_into_store(
+        &self,
+        container: &str,
+        parent: &Parent,
+        options: IngestOptions,
+        always: bool,
+    ) -> Result<(IngestReport, usize)> {
+        let session = self.session;
+        let scanned = records::scanned(self.secrets);
+        let covered = parent.scanned.as_ref().is_some_and(|p| scanned.iter().all(|s| p.contains(s)));
+        if !covered {
+            return Err(Error::Failed("the parent was not scanned for every secret in scope".into()));
+        }
+        let asked = Instant::now();
+        let Some(changes) = self.engine.changes(container).await? else {
+            return Err(Error::Failed("the engine does not report changed paths".into()));
+        };
+        let mounts = [envbuild_builder::workspace::CACHE_DIR, envbuild_builder::workspace::SECRETS_DIR];
+        let plan = crate::delta::plan(&changes, &parent.manifest, &mounts, always)
+            .map_err(|e| Error::Failed(e.0))?;
+        let reads = plan.parts.len();
+        tracing::debug!(
+            "splicing onto {}: {} changes (listed in {:?}), {reads} reads: {:?}",
+            parent.id,
+            changes.len(),
+            asked.elapsed(),
+            plan.parts
+        );
+        let parts = crate::delta::parts(plan, self.engine, container);
+        let counters = Arc::new(Progress::default());
+        let _bar = session.reporter.progress("storing", &counters);
+        let report = envbuild_cache::splice::ingest_onto(
+            session.store.clone(),
+            parent.manifest.clone(),
+            parts,
+            options,
+            counters,
+        )
+        .await?;
+        Ok((report, reads))
+    }
+
+    fn ingest_options(&self, config: &ImageConfig) -> Result<IngestOptions> {
         let environment = serde_json::to_value(self.plan.spec.normalized())
             .map_err(|e| Error::Failed(format!("the normalized config cannot be encoded: {e}")))?;
         let keys = serde_json::to_value(&self.plan.keys)
@@ -595,13 +743,7 @@ impl Miss<'_> {
         };
         let leak_scanner = SecretScanner::new(records::patterns(self.secrets)?)
             .map(|scanner| Arc::new(scanner) as Arc<dyn LeakScanner>);
-        let options =
-            IngestOptions { concurrency: session.jobs, meta, leak_scanner, ..IngestOptions::default() };
-        let counters = Arc::new(Progress::default());
-        let _bar = session.reporter.progress("storing", &counters);
-        ingest::ingest(session.store.clone(), Box::new(reader), options, counters)
-            .await
-            .with_context(|| format!("cannot store the environment in {}", session.store.location()))
+        Ok(IngestOptions { concurrency: self.session.jobs, meta, leak_scanner, ..IngestOptions::default() })
     }
 
     /// Warns when browser testing is on and `chromeExecutablePath` is not in the environment:
@@ -763,6 +905,7 @@ async fn check_stored(
             secrets: records::env_pairs(&loaded, When::at_install),
             remove,
             cache_volume: None,
+            checkpoint: None,
         };
         session.note(format!("checking idempotency: running install on snapshot {id}"));
         let run = pipeline::run_install(&engine, plan, &image, &setup, &cleanup, &mut session.output_sink())

@@ -31,6 +31,11 @@ pub const TOKEN: &str = "ENVBUILD_TOKEN";
 /// The tokens file of `envbuild serve` and `envbuild token new` (`--tokens`).
 pub const TOKENS: &str = "ENVBUILD_TOKENS";
 
+/// How a build stores an install that started from a checkpoint: `auto` (the default: only the
+/// paths install changed, read from the engine, unless reading them costs more than exporting
+/// everything), `changes` (always the changed paths), or `whole` (always a full export).
+pub const EXPORT: &str = "ENVBUILD_EXPORT";
+
 /// An absolute directory from `var`, else `$HOME/<fallback>`, else the temporary directory.
 fn base_dir(var: &str, fallback: &str) -> PathBuf {
     std::env::var_os(var)

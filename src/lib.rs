@@ -11,7 +11,8 @@
 //! - [`session`]: what workflows run with, and how they report.
 //! - [`config`]: a repository's environment.json, loaded for a workflow.
 //! - [`build`]: build (or find) a repository's environment; its keys; `explain`;
-//!   [`caches`]: the package-manager cache volumes install uses, and their bounds.
+//!   [`caches`]: the package-manager cache volumes install uses, and their bounds;
+//!   [`delta`]: what an incremental install changed, read in proportion to the change.
 //! - [`boot`]: boot a snapshot into an environment; [`envs`]: list, follow and stop them.
 //! - [`export`]: a snapshot as a Docker image, a tar file, an OCI layout or an ext4 image.
 //! - [`snapshots`]: import, list and restore snapshots; [`transfer`]: copy them between stores.
@@ -26,6 +27,7 @@ pub mod bridge;
 pub mod build;
 pub mod caches;
 pub mod config;
+pub mod delta;
 pub mod env;
 pub mod envs;
 pub mod error;

@@ -26,8 +26,8 @@ use bollard_stubs::models::BuildInfoAux;
 
 use crate::buildkit;
 use crate::engine::{
-    BuildEvent, BuildRequest, BuildStream, ByteStream, Cause, ContainerEngine, ContainerInfo, ContainerSpec,
-    EngineError, ExecSpec, ImageConfig, ImageInfo, Output, OutputStream,
+    BuildEvent, BuildRequest, BuildStream, ByteStream, Cause, ChangeKind, ContainerEngine, ContainerInfo,
+    ContainerSpec, EngineError, ExecSpec, FileChange, ImageConfig, ImageInfo, Output, OutputStream,
 };
 
 #[derive(Debug, Clone)]
@@ -388,6 +388,60 @@ impl ContainerEngine for DockerEngine {
     async fn export(&self, container: &str) -> Result<ByteStream, EngineError> {
         let stream = self.docker.export_container(container).map_err(|e| failure("export the container", e));
         Ok(Box::pin(stream))
+    }
+
+    async fn changes(&self, container: &str) -> Result<Option<Vec<FileChange>>, EngineError> {
+        use bollard_stubs::models::ChangeType;
+        // The container's own layer, read on this host when it can be (see `overlay`).
+        let inspect = self
+            .docker
+            .inspect_container(container, None)
+            .await
+            .map_err(Self::failed("inspect the container"))?;
+        if let Some(driver) = inspect.graph_driver.filter(|d| d.name == "overlay2")
+            && let (Some(upper), Some(lower)) = (driver.data.get("UpperDir"), driver.data.get("LowerDir"))
+        {
+            let upper = std::path::PathBuf::from(upper);
+            let lowers: Vec<std::path::PathBuf> = lower.split(':').map(std::path::PathBuf::from).collect();
+            let read = tokio::task::spawn_blocking(move || crate::overlay::changes(&upper, &lowers)).await;
+            if let Ok(Some(changes)) = read {
+                return Ok(Some(changes));
+            }
+        }
+        let changes = self
+            .docker
+            .container_changes(container)
+            .await
+            .map_err(Self::failed("list the paths the container changed"))?
+            .unwrap_or_default();
+        Ok(Some(
+            changes
+                .into_iter()
+                .map(|c| FileChange {
+                    path: c.path,
+                    kind: match c.kind {
+                        ChangeType::_0 => ChangeKind::Modified,
+                        ChangeType::_1 => ChangeKind::Added,
+                        ChangeType::_2 => ChangeKind::Deleted,
+                    },
+                })
+                .collect(),
+        ))
+    }
+
+    async fn archive(&self, container: &str, path: &str) -> Result<Option<ByteStream>, EngineError> {
+        let options = DownloadFromContainerOptionsBuilder::default().path(path).build();
+        let mut stream = self.docker.download_from_container(container, Some(options));
+        // A missing path is the first item's error; anything later is a failed read.
+        let first = match stream.next().await {
+            None => Bytes::new(),
+            Some(Ok(bytes)) => bytes,
+            Some(Err(e)) if is_not_found(&e) => return Ok(None),
+            Some(Err(e)) => return Err(Self::failed(format!("read `{path}` from the container"))(e)),
+        };
+        let what = format!("read `{path}` from the container");
+        let rest = stream.map_err(move |e| failure(what.clone(), e));
+        Ok(Some(Box::pin(futures::stream::once(async move { Ok(first) }).chain(rest))))
     }
 
     async fn stop(&self, container: &str, timeout_secs: i64) -> Result<(), EngineError> {

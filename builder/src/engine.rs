@@ -165,6 +165,23 @@ pub struct ContainerInfo {
     pub labels: BTreeMap<String, String>,
 }
 
+/// How a path of a container differs from its image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    Modified,
+    Added,
+    Deleted,
+}
+
+/// One path the container's own layer changed, as the engine reports it: absolute. Every
+/// changed path is listed (the contents of an added directory too), and a directory whose
+/// contents changed is listed as modified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileChange {
+    pub path: String,
+    pub kind: ChangeKind,
+}
+
 /// A command run in a running container.
 #[derive(Debug, Clone, Default)]
 pub struct ExecSpec {
@@ -233,6 +250,22 @@ pub trait ContainerEngine: Send + Sync + std::fmt::Debug {
 
     /// The container's root file system as a tar stream (`docker export`).
     async fn export(&self, container: &str) -> Result<ByteStream, EngineError>;
+
+    /// The paths the container changed relative to its image (`docker diff`), or `None` from
+    /// an engine that cannot tell; the caller then exports the whole file system.
+    async fn changes(&self, _container: &str) -> Result<Option<Vec<FileChange>>, EngineError> {
+        Ok(None)
+    }
+
+    /// A tar stream of `path` and everything under it in the container, names starting with
+    /// the path's last component (`docker cp`); `None` if the path does not exist. Only asked
+    /// of an engine that reports [`changes`](Self::changes).
+    async fn archive(&self, _container: &str, path: &str) -> Result<Option<ByteStream>, EngineError> {
+        Err(EngineError::Rejected {
+            operation: format!("read `{path}` of a container"),
+            message: "this engine does not report changed paths".into(),
+        })
+    }
 
     async fn stop(&self, container: &str, timeout_secs: i64) -> Result<(), EngineError>;
 

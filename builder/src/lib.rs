@@ -6,7 +6,8 @@
 //! # Layout
 //! - [`engine`]: the [`ContainerEngine`](engine::ContainerEngine) trait; [`docker`]: its
 //!   implementation on bollard (the only file that imports it); [`buildkit`]: the session a
-//!   BuildKit build calls back into (build secrets).
+//!   BuildKit build calls back into (build secrets); `overlay`: a container's changed paths,
+//!   read from its layer on this host.
 //! - [`keys`]: the system key, the env key and the manifest of their inputs; `explain`.
 //! - [`dockerfile`], [`dockerignore`], [`context`]: what a build is made of.
 //! - [`inputs`]: the repository's files as git tracks them.
@@ -30,6 +31,7 @@ pub mod error;
 pub mod inputs;
 pub mod keys;
 pub mod oci;
+mod overlay;
 pub mod passwd;
 pub mod pipeline;
 pub mod plan;

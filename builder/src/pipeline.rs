@@ -309,6 +309,9 @@ pub struct InstallSetup {
     pub remove: Vec<String>,
     /// A volume for package-manager caches, mounted at `workspace::CACHE_DIR`.
     pub cache_volume: Option<String>,
+    /// The checkpoint's `/workspace`, when install starts from one: tracked files it already
+    /// holds as the upload would write them are not sent again.
+    pub checkpoint: Option<Arc<workspace::Checkpoint>>,
 }
 
 /// Creates the install container on `image` (the system image, or the last checkpoint) with
@@ -343,8 +346,23 @@ pub async fn run_install(
     let container = engine.create_container(&spec).await?;
     cleanup.container(&container);
     let user = resolve_user(engine, &container, user_spec.as_deref()).await?;
+    let send = match setup.checkpoint.clone() {
+        Some(checkpoint) => {
+            let (files, owner) = (plan.workspace.clone(), (user.uid, user.gid));
+            tokio::task::spawn_blocking(move || workspace::changed_since(&files, &checkpoint.files, owner))
+                .await
+                .map_err(|e| {
+                    BuildError::Unexpected(format!(
+                        "comparison of the repository with the checkpoint stopped: {e}"
+                    ))
+                })?
+        }
+        None => plan.workspace.clone(),
+    };
     let files = workspace::upload(
-        plan.workspace.clone(),
+        &plan.workspace,
+        setup.checkpoint.as_deref(),
+        send,
         (user.uid, user.gid),
         &setup.remove,
         setup.cache_volume.is_some(),

@@ -6,7 +6,10 @@
 //!   last checkpoint with its `node_modules/` and `.venv/`), and the files the previous commit
 //!   tracked and this one does not are removed by the [`PRELUDE`]; untracked and ignored files
 //!   stay, which is what makes an install from a checkpoint incremental. The list of tracked
-//!   files goes with the snapshot, at [`TRACKED`], for the next build to compare with.
+//!   files goes with the snapshot, at [`TRACKED`], for the next build to compare with. A file
+//!   the checkpoint already holds exactly as the upload would write it (content, mode, owner,
+//!   time) is not sent again ([`changed_since`]): the upload, and what the install container
+//!   is seen to change, stay in proportion to the commit.
 //! - Package-manager caches (npm, pip, uv, yarn, pnpm, bun, go, composer) point at
 //!   [`CACHE_DIR`], a volume of the build host, so a changed dependency downloads only what is
 //!   new; the volume is not part of the container's file system, so the snapshot never holds
@@ -23,7 +26,7 @@ use envbuild_schema::SecretString;
 use futures::StreamExt;
 
 use crate::engine::ByteStream;
-use crate::tree::FileSet;
+use crate::tree::{FIXED_MTIME, FileEntry, FileSet, Kind};
 
 /// Where the workspace is.
 pub const WORKSPACE: &str = "/workspace";
@@ -127,14 +130,24 @@ fn lines(paths: &mut dyn Iterator<Item = &str>) -> String {
     })
 }
 
-/// What goes to `/` before the container starts: `.envbuild/` with the tracked list (and the
-/// files to remove), the cache mount owned by the user, then the tracked files under
+/// What goes to `/` before the container starts: `.envbuild/` with the list of `tracked` files
+/// (unless the checkpoint has the same list) and the files to remove, the cache mount owned by
+/// the user, then the files of `send` (the tracked files, or those that changed) under
 /// `workspace/`, all owned by `owner`.
-pub fn upload(files: FileSet, owner: (u64, u64), remove: &[String], cache: bool) -> ByteStream {
+pub fn upload(
+    tracked: &FileSet,
+    checkpoint: Option<&Checkpoint>,
+    send: FileSet,
+    owner: (u64, u64),
+    remove: &[String],
+    cache: bool,
+) -> ByteStream {
     let mut builder = tar::Builder::new(Vec::new());
-    entry(&mut builder, ".envbuild/", None, 0o755, owner);
-    let tracked = lines(&mut files.entries.iter().map(|e| e.path.as_str()));
-    entry(&mut builder, TRACKED.trim_start_matches('/'), Some(tracked.as_bytes()), 0o644, owner);
+    let tracked = lines(&mut tracked.entries.iter().map(|e| e.path.as_str()));
+    if checkpoint.is_none_or(|c| c.tracked != tracked) {
+        entry(&mut builder, ".envbuild/", None, 0o755, owner);
+        entry(&mut builder, TRACKED.trim_start_matches('/'), Some(tracked.as_bytes()), 0o644, owner);
+    }
     let remove = lines(&mut remove.iter().map(String::as_str));
     if !remove.is_empty() {
         entry(&mut builder, REMOVE.trim_start_matches('/'), Some(remove.as_bytes()), 0o644, owner);
@@ -144,8 +157,69 @@ pub fn upload(files: FileSet, owner: (u64, u64), remove: &[String], cache: bool)
     }
     // Without the end-of-archive blocks, so the workspace's tar stream follows.
     let head = Bytes::from(builder.get_ref().clone());
-    let rest = files.tar_stream("workspace/".to_owned(), owner);
+    let rest = send.tar_stream("workspace/".to_owned(), owner);
     Box::pin(futures::stream::once(async move { Ok(head) }).chain(rest))
+}
+
+/// The `/workspace` of the checkpoint install starts from, as its snapshot holds it.
+#[derive(Debug, Clone, Default)]
+pub struct Checkpoint {
+    /// Paths under `/workspace`.
+    pub files: BTreeMap<String, ParentEntry>,
+    /// Its list of tracked files ([`TRACKED`]).
+    pub tracked: String,
+}
+
+/// A path of the checkpoint's `/workspace`, as its snapshot holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParentEntry {
+    pub kind: ParentKind,
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    pub mtime: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParentKind {
+    /// A regular file: its size and the xxh3-128 hash of its content.
+    File {
+        size: u64,
+        xxh3: u128,
+    },
+    Symlink {
+        target: String,
+    },
+    Directory,
+    Other,
+}
+
+/// The tracked files the checkpoint (whose `/workspace` is `parent`, by path under it) does
+/// not already hold exactly as the upload writes them, owned by `owner`. Files are read to
+/// compare their contents; one that cannot be read counts as changed (the upload reports it).
+pub fn changed_since(files: &FileSet, parent: &BTreeMap<String, ParentEntry>, owner: (u64, u64)) -> FileSet {
+    let same = |entry: &FileEntry| -> bool {
+        let Some(old) = parent.get(&entry.path) else { return false };
+        if (old.uid, old.gid) != owner || old.mtime != FIXED_MTIME.cast_signed() {
+            return false;
+        }
+        match (&entry.kind, &old.kind) {
+            (Kind::File { executable }, ParentKind::File { size, xxh3 }) => {
+                let mode = if *executable { 0o755 } else { 0o644 };
+                let content = match &entry.inline {
+                    Some(inline) => Some(inline.to_vec()),
+                    None => std::fs::read(&entry.source).ok(),
+                };
+                old.mode == mode
+                    && content
+                        .is_some_and(|c| c.len() as u64 == *size && xxhash_rust::xxh3::xxh3_128(&c) == *xxh3)
+            }
+            (Kind::Symlink { target }, ParentKind::Symlink { target: old_target }) => target == old_target,
+            (Kind::Directory, ParentKind::Directory) => old.mode == 0o755,
+            _ => false,
+        }
+    };
+    FileSet::new(files.entries.iter().filter(|e| !same(e)).cloned().collect())
 }
 
 /// The files tracked in a parent and not in `now`: what a checkout from it removes.

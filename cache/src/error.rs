@@ -39,6 +39,10 @@ pub enum Error {
         findings.iter().map(|(secret, path)| format!("`{secret}` in `/{}`", path.trim_start_matches('/'))).collect::<Vec<_>>().join(", ")
     )]
     Leak { findings: Vec<(String, String)> },
+    /// The changes cannot be applied to the parent snapshot (see `splice`); the whole file
+    /// system has to be stored instead.
+    #[error("the changes cannot be applied to the parent snapshot: {0}")]
+    NotSpliceable(String),
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -176,14 +176,37 @@ async fn ingest_leased(
         }
     }
     let ScanEnd::Done { toc, bytes, leaks } = pass.end else { unreachable!("handled above") };
+    publish(store, options, Scanned { chunks: pass.chunks, toc, bytes, leaks, reordered }, started).await
+}
+
+/// What a pass over a new stream produced, ready to be published.
+pub(crate) struct Scanned {
+    pub chunks: Vec<StoredChunk>,
+    pub toc: Vec<TocEntry>,
+    /// Bytes in the stream.
+    pub bytes: u64,
+    /// Stream offsets where secret values were found, with the secrets' names.
+    pub leaks: Vec<(u64, String)>,
+    pub reordered: bool,
+}
+
+/// Publishes the manifest of `scanned` (after every chunk is stored), or, when the leak scan
+/// found secret values, deletes the chunks this ingest added and refuses.
+pub(crate) async fn publish(
+    store: &Arc<dyn Store>,
+    options: &IngestOptions,
+    scanned: Scanned,
+    started: Instant,
+) -> Result<IngestReport> {
+    let Scanned { chunks: stored, toc, bytes, leaks, reordered } = scanned;
     if !leaks.is_empty() {
         // Nothing is published, and the chunks this ingest added (which hold the values) go.
-        for chunk in pass.chunks.iter().filter(|c| c.new) {
+        for chunk in stored.iter().filter(|c| c.new) {
             store.delete(&layout::chunk(&chunk.chunk.digest)).await?;
         }
         return Err(Error::Leak { findings: locate(&leaks, &toc) });
     }
-    let chunks: Vec<ChunkRef> = pass.chunks.iter().map(|c| c.chunk).collect();
+    let chunks: Vec<ChunkRef> = stored.iter().map(|c| c.chunk).collect();
     let manifest = Manifest {
         format: manifest::FORMAT.to_owned(),
         chunking: Chunking {
@@ -207,7 +230,7 @@ async fn ingest_leased(
     let unique = manifest.unique_chunks();
     let new: Vec<&StoredChunk> = {
         let mut seen = std::collections::HashSet::new();
-        pass.chunks.iter().filter(|c| c.new && seen.insert(c.chunk.digest)).collect()
+        stored.iter().filter(|c| c.new && seen.insert(c.chunk.digest)).collect()
     };
     Ok(IngestReport {
         id,
@@ -228,10 +251,18 @@ async fn ingest_leased(
 
 /// A chunk after the store has it.
 #[derive(Debug, Clone, Copy)]
-struct StoredChunk {
-    chunk: ChunkRef,
+pub(crate) struct StoredChunk {
+    pub chunk: ChunkRef,
     /// Whether this ingest wrote it.
-    new: bool,
+    pub new: bool,
+}
+
+/// One chunk of a new stream, in order: new bytes to store, or a chunk of the parent the
+/// stream shares whole (`splice`), which the store already has.
+#[derive(Debug)]
+pub(crate) enum Piece {
+    Fresh(Bytes),
+    Reused(ChunkRef),
 }
 
 struct Pass {
@@ -258,11 +289,27 @@ async fn run_pass(
     options: &IngestOptions,
     progress: &Arc<Progress>,
 ) -> Result<Pass> {
-    let (tx, mut rx) = mpsc::channel::<Bytes>(options.concurrency.max(2));
+    let (tx, rx) = mpsc::channel::<Piece>(options.concurrency.max(2));
     let params = options.params;
     let scan_progress = progress.clone();
     let scanner = options.leak_scanner.clone();
     let scan = tokio::task::spawn_blocking(move || scan(input, params, tx, &scan_progress, scanner));
+    let stored = store_pieces(store, rx, options, progress).await;
+    let scanned = scan.await.map_err(|e| Error::Internal(format!("the scan thread failed: {e}")))?;
+    // A store failure is the root cause when both fail: the scan then only saw the channel close.
+    let chunks = stored?;
+    let end = scanned?;
+    Ok(Pass { end, chunks })
+}
+
+/// Stores the pieces coming down `rx` (hashing, compressing and writing the fresh ones,
+/// checking the reused ones are still there), several at once, and returns them in order.
+pub(crate) async fn store_pieces(
+    store: &Arc<dyn Store>,
+    mut rx: mpsc::Receiver<Piece>,
+    options: &IngestOptions,
+    progress: &Arc<Progress>,
+) -> Result<Vec<StoredChunk>> {
     let incoming = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
     let level = options.zstd_level;
     // CPU work (hash, zstd) runs on at most two threads per core however many chunks are in
@@ -270,14 +317,17 @@ async fn run_pass(
     // cores busy while the scan thread waits; more only preempt each other.
     let cpu = Arc::new(tokio::sync::Semaphore::new(cores() * 2));
     // Unordered, so one slow chunk never idles the others; the index puts results in order.
-    let stored = incoming
+    incoming
         .enumerate()
-        .map(|(index, raw)| {
+        .map(|(index, piece)| {
             let store = store.clone();
             let progress = progress.clone();
             let cpu = cpu.clone();
             async move {
-                let stored = store_chunk(&store, raw, level, &cpu).await;
+                let stored = match piece {
+                    Piece::Fresh(raw) => store_chunk(&store, raw, level, &cpu).await,
+                    Piece::Reused(chunk) => check_reused(&store, chunk).await,
+                };
                 progress.chunks.fetch_add(1, Ordering::Relaxed);
                 stored.map(|chunk| (index, chunk))
             }
@@ -288,12 +338,27 @@ async fn run_pass(
         .map(|mut indexed| {
             indexed.sort_unstable_by_key(|(index, _)| *index);
             indexed.into_iter().map(|(_, chunk)| chunk).collect::<Vec<_>>()
-        });
-    let scanned = scan.await.map_err(|e| Error::Internal(format!("the scan thread failed: {e}")))?;
-    // A store failure is the root cause when both fail: the scan then only saw the channel close.
-    let chunks = stored?;
-    let end = scanned?;
-    Ok(Pass { end, chunks })
+        })
+}
+
+/// A parent's chunk the new snapshot shares: it must still be in the store, with a plausible
+/// size (its bytes were verified when the parent's were read, or when it was written).
+async fn check_reused(store: &Arc<dyn Store>, chunk: ChunkRef) -> Result<StoredChunk> {
+    match store.head(&layout::chunk(&chunk.digest)).await? {
+        Some(meta) if meta.size == chunk.stored_size => Ok(StoredChunk { chunk, new: false }),
+        Some(meta) => Err(Error::Internal(format!(
+            "chunk {} of the parent snapshot has {} stored bytes in {}, not the {} its manifest says",
+            chunk.digest,
+            meta.size,
+            store.location(),
+            chunk.stored_size
+        ))),
+        None => Err(Error::Internal(format!(
+            "chunk {} of the parent snapshot is missing from {}",
+            chunk.digest,
+            store.location()
+        ))),
+    }
 }
 
 /// Runs CPU-bound `work` on a blocking thread once `cpu` grants a core.
@@ -306,7 +371,7 @@ async fn on_a_core<T: Send + 'static>(
     tokio::task::spawn_blocking(work).await.map_err(|e| Error::Internal(format!("a {what} task failed: {e}")))
 }
 
-fn cores() -> usize {
+pub(crate) fn cores() -> usize {
     std::thread::available_parallelism().map_or(2, std::num::NonZero::get)
 }
 
@@ -359,7 +424,7 @@ async fn store_chunk(
 struct Recorder {
     inner: Box<dyn Read + Send>,
     chunker: Chunker,
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::Sender<Piece>,
     ready: Vec<Bytes>,
     progress: Arc<Progress>,
     leaks: Option<LeakWatch>,
@@ -368,7 +433,7 @@ struct Recorder {
 /// The leak scan's view of the stream: the last bytes seen (a value may span reads) and what
 /// was found.
 #[derive(Debug)]
-struct LeakWatch {
+pub(crate) struct LeakWatch {
     scanner: Arc<dyn LeakScanner>,
     /// The last `longest - 1` bytes, starting at stream offset `tail_start`.
     tail: Vec<u8>,
@@ -379,6 +444,24 @@ struct LeakWatch {
 }
 
 impl LeakWatch {
+    pub(crate) fn new(scanner: Arc<dyn LeakScanner>) -> Self {
+        Self { scanner, tail: Vec::new(), tail_start: 0, reported_until: 0, hits: Vec::new() }
+    }
+
+    /// Scans `bytes`, found at stream offset `offset`: a value may span it and the bytes seen
+    /// just before it, when they were contiguous; after a gap the scan starts afresh.
+    pub(crate) fn observe_at(&mut self, offset: u64, bytes: &[u8]) {
+        if offset != self.tail_start + self.tail.len() as u64 {
+            self.tail.clear();
+            self.tail_start = offset;
+        }
+        self.observe(bytes);
+    }
+
+    pub(crate) fn into_hits(self) -> Vec<(u64, String)> {
+        self.hits
+    }
+
     fn observe(&mut self, chunk: &[u8]) {
         let mut window = std::mem::take(&mut self.tail);
         window.extend_from_slice(chunk);
@@ -414,7 +497,7 @@ impl Recorder {
     fn send_ready(&mut self) -> std::io::Result<()> {
         for chunk in self.ready.drain(..) {
             self.tx
-                .blocking_send(chunk)
+                .blocking_send(Piece::Fresh(chunk))
                 .map_err(|_| std::io::Error::other("the chunk store stopped accepting chunks"))?;
         }
         Ok(())
@@ -437,19 +520,13 @@ impl Read for Recorder {
 fn scan(
     input: Box<dyn Read + Send>,
     params: ChunkParams,
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::Sender<Piece>,
     progress: &Arc<Progress>,
     scanner: Option<Arc<dyn LeakScanner>>,
 ) -> Result<ScanEnd> {
     // No BufReader: data is read straight into the tar reader's buffer, and the extra copy of
     // every byte costs more than the small reads of the 512-byte headers (measured).
-    let leaks = scanner.map(|scanner| LeakWatch {
-        scanner,
-        tail: Vec::new(),
-        tail_start: 0,
-        reported_until: 0,
-        hits: Vec::new(),
-    });
+    let leaks = scanner.map(LeakWatch::new);
     let recorder = Recorder {
         inner: input,
         chunker: Chunker::new(params),
@@ -482,7 +559,7 @@ fn scan(
     let chunker = std::mem::replace(&mut recorder.chunker, Chunker::new(params));
     chunker.finish(&mut recorder.ready);
     recorder.send_ready().map_err(Error::io("cannot hand the last chunks to the store"))?;
-    let leaks = recorder.leaks.take().map(|l| l.hits).unwrap_or_default();
+    let leaks = recorder.leaks.take().map(LeakWatch::into_hits).unwrap_or_default();
     Ok(ScanEnd::Done { toc, bytes, leaks })
 }
 
@@ -501,7 +578,11 @@ pub fn table_of_contents(input: &mut dyn Read) -> Result<Vec<TocEntry>> {
 }
 
 /// Reads a regular file's data and returns its content hash for the table of contents.
-fn content_hash<R: Read>(entry: &Entry, tar: &mut TarReader<R>, buf: &mut [u8]) -> Result<Option<String>> {
+pub(crate) fn content_hash<R: Read>(
+    entry: &Entry,
+    tar: &mut TarReader<R>,
+    buf: &mut [u8],
+) -> Result<Option<String>> {
     if entry.kind != EntryKind::File {
         return Ok(None);
     }
@@ -513,7 +594,12 @@ fn content_hash<R: Read>(entry: &Entry, tar: &mut TarReader<R>, buf: &mut [u8]) 
         }
         hasher.update(&buf[..n]);
     }
-    Ok(Some(format!("xxh3:{:032x}", hasher.digest128())))
+    Ok(Some(format_content_hash(&hasher)))
+}
+
+/// A file's content hash as the table of contents writes it.
+pub(crate) fn format_content_hash(hasher: &xxhash_rust::xxh3::Xxh3) -> String {
+    format!("xxh3:{:032x}", hasher.digest128())
 }
 
 /// A name as text, with its exact bytes in base64 when they are not UTF-8.
@@ -527,7 +613,7 @@ fn text_or_b64(bytes: Vec<u8>) -> (String, Option<String>) {
     }
 }
 
-fn toc_entry(entry: &Entry, hash: Option<String>) -> TocEntry {
+pub(crate) fn toc_entry(entry: &Entry, hash: Option<String>) -> TocEntry {
     let (path, path_b64) = text_or_b64(tar::display_path(&entry.path));
     let (link, link_b64) = match (&entry.link, entry.kind) {
         // Hard link targets name archive members, so they are shown like paths.

@@ -14,7 +14,8 @@
 //! - [`tar`]: a defensive streaming tar reader, canonical order and reordering.
 //! - [`chunker`], [`chunk`]: content-defined chunking; compression and verification of one chunk.
 //! - [`manifest`]: format v1, canonical encoding, bounded decoding.
-//! - [`ingest`]: stream in, snapshot out. [`restore`]: snapshot out as a stream or a tree.
+//! - [`ingest`]: stream in, snapshot out. [`splice`]: a snapshot as its parent plus what
+//!   changed. [`restore`]: snapshot out as a stream or a tree.
 //! - [`extract`]: safe extraction into a directory.
 //! - [`catalog`]: snapshots, key records, refs, and resolving a query to an id.
 //! - [`verify`], [`gc`], [`diff`], [`lease`]: checking, collecting, comparing, and keeping
@@ -36,6 +37,7 @@ pub mod layout;
 pub mod lease;
 pub mod manifest;
 pub mod restore;
+pub mod splice;
 pub mod store;
 pub mod tar;
 #[cfg(feature = "testing")]

@@ -167,6 +167,7 @@ pub async fn remove(store: &dyn Store, scope: &Scope, name: &str) -> Result<bool
 pub struct Loaded {
     pub name: String,
     pub scope: Scope,
+    pub version: u64,
     pub when: When,
     pub redact: bool,
     pub value: SecretString,
@@ -183,6 +184,7 @@ pub async fn open_all(keyring: &Keyring, found: Vec<Found>) -> Result<Vec<Loaded
                 Ok(Loaded {
                     name: f.name.clone(),
                     scope: f.scope.clone(),
+                    version: f.record.version,
                     when: f.record.when,
                     redact: f.record.redact,
                     value,
@@ -214,6 +216,15 @@ pub async fn open_all(keyring: &Keyring, found: Vec<Found>) -> Result<Vec<Loaded
 /// The redaction patterns of the redacted ones. Fails rather than leave a value unmasked.
 pub fn patterns(loaded: &[Loaded]) -> Result<Patterns> {
     Patterns::new(loaded.iter().filter(|s| s.redact).map(|s| (s.name.as_str(), s.value.expose().as_bytes())))
+}
+
+/// Which values a leak scan with [`patterns`] looks for, without them: each redacted secret's
+/// scope, name and version. A stream scanned for these needs no new scan for a subset.
+pub fn scanned(loaded: &[Loaded]) -> Vec<String> {
+    let mut out: Vec<String> =
+        loaded.iter().filter(|s| s.redact).map(|s| format!("{}/{}@{}", s.scope, s.name, s.version)).collect();
+    out.sort();
+    out
 }
 
 /// `NAME=value` for the ones `pick` selects.

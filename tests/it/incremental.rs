@@ -184,3 +184,88 @@ async fn a_damaged_parent_falls_back_to_a_clean_build() {
             .contains_key("is-number")
     );
 }
+
+/// Install for the splice test: the first run lays out a tree; the second replaces a directory
+/// (`rm -rf` then `mkdir`: an opaque directory in the layer), adds, removes, changes modes and
+/// contents, outside `/workspace` too.
+const RESHAPING_INSTALL: &str = "if [ -f /opt/state/second ]; then \
+      rm -rf node_modules/a && mkdir -p node_modules/a/c && echo c > node_modules/a/c/file; \
+      echo new > node_modules/new; rm -f node_modules/gone; chmod 600 node_modules/keep; \
+      mkdir -p deep/x/y && echo z > deep/x/y/z; ln -s ../keep node_modules/link; \
+      echo changed >> /opt/tool.conf; echo second; \
+    else \
+      mkdir -p node_modules/a/b /opt/state && echo b > node_modules/a/b/file && echo g > node_modules/gone; \
+      echo k > node_modules/keep && echo conf > /opt/tool.conf && touch /opt/state/second; echo first; \
+    fi";
+
+/// What a container has that its layers do not (Docker's init layer), whose times differ
+/// between any two containers.
+fn container_made(path: &str) -> bool {
+    [".dockerenv", "etc/hosts", "etc/hostname", "etc/resolv.conf", "dev", "proc", "sys", "etc/mtab"]
+        .iter()
+        .any(|p| path == *p || path.starts_with(&format!("{p}/")))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_incremental_build_stores_exactly_what_a_full_export_would() {
+    let Some(engine) = engine().await else { return };
+    let repo = repository();
+    let config = serde_json::json!({ "build": { "dockerfile": "Dockerfile", "context": ".." }, "install": RESHAPING_INSTALL });
+    std::fs::write(repo.path().join(".cursor/environment.json"), config.to_string()).unwrap();
+    commit(repo.path(), "reshaping install");
+    let store = tempfile::tempdir().unwrap();
+    build(store.path(), repo.path(), &[]);
+
+    std::fs::write(repo.path().join("package-lock.json"), "left-pad\nis-number\n").unwrap();
+    std::fs::write(repo.path().join("src/app.ts"), "export const a = 3;\n").unwrap();
+    std::fs::remove_file(repo.path().join("src/old.ts")).unwrap();
+    commit(repo.path(), "dependency");
+    // The file system is small enough that exporting it whole is cheaper: ask for the splice.
+    let out = envbuild(store.path())
+        .env("ENVBUILD_EXPORT", "changes")
+        .args(["build", "--json", "--repo"])
+        .arg(repo.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(stderr.contains("changed paths read from the engine"), "not spliced onto the parent: {stderr}");
+    let spliced = json(&out)["id"].as_str().unwrap().to_owned();
+
+    // The same file system exported whole: a container of the checkpoint image committed from
+    // the install container, imported as a snapshot.
+    let checkpoint = format!("envbuild-checkpoint:{}", spliced.trim_start_matches("sha256:"));
+    let spec = envbuild_builder::engine::ContainerSpec {
+        image: checkpoint,
+        cmd: vec!["true".into()],
+        ..Default::default()
+    };
+    let container = engine.create_container(&spec).await.unwrap();
+    let export = engine.export(&container).await.unwrap();
+    let pieces: Vec<bytes::Bytes> = futures::TryStreamExt::try_collect(export).await.unwrap();
+    let tar: Vec<u8> = pieces.concat();
+    engine.remove_container(&container).await.unwrap();
+    let imported = envbuild(store.path()).args(["import", "-"]).write_stdin(tar).output().unwrap();
+    assert!(imported.status.success(), "{}", String::from_utf8_lossy(&imported.stderr));
+    let whole = String::from_utf8_lossy(&imported.stdout).lines().last().unwrap().trim().to_owned();
+
+    // Modification times included: every directory the install touched must have its new one.
+    let diff =
+        json(&envbuild(store.path()).args(["diff", "--json", "--mtime", &spliced, &whole]).output().unwrap());
+    let mut differences: Vec<String> = Vec::new();
+    for side in ["added", "removed", "changed"] {
+        for entry in diff["diff"][side].as_array().unwrap() {
+            let path = entry["path"].as_str().unwrap();
+            // The init layer also touches the directory that holds its files.
+            let init_parent = path == "etc" && entry["aspects"] == serde_json::json!(["mtime"]);
+            if !container_made(path) && !init_parent {
+                differences.push(format!("{side} {path} {}", entry["aspects"]));
+            }
+        }
+    }
+    assert!(differences.is_empty(), "the spliced snapshot differs from the full export: {differences:#?}");
+    // And the install's work is all there.
+    let modules = files(store.path(), &spliced, "workspace/node_modules/");
+    assert_eq!(modules.get("a/c/file").map(String::as_str), Some("c\n"));
+    assert!(!modules.contains_key("a/b/file") && !modules.contains_key("gone"), "{modules:?}");
+    assert!(files(store.path(), &spliced, "workspace/deep/").contains_key("x/y/z"));
+}

@@ -6,6 +6,8 @@
 //! ustar, GNU (`L`/`K` long names, base-256 numbers) and PAX (`x` records, `SCHILY.xattr.*`
 //! and `LIBARCHIVE.xattr.*` attributes), which covers `docker export`, GNU tar and bsdtar.
 //!
+//! Entries envbuild renames get new headers from [`encode_header`], in one fixed style.
+//!
 //! Every size is bounded before anything is allocated (extension headers, names, attributes),
 //! header checksums are verified, and a stream that ends early is an error naming the entry.
 //! Nothing here touches the file system.
@@ -13,9 +15,11 @@
 mod header;
 mod order;
 mod reader;
+mod writer;
 
 pub use order::{CanonicalKey, Reordered, canonical_key, display_path, reorder};
 pub use reader::{Entry, EntryKind, Limits, TarReader};
+pub use writer::{encode_header, padding};
 
 /// A tar stream could not be read. Offsets are bytes from the start of the stream.
 #[derive(Debug, thiserror::Error)]

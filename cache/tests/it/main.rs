@@ -12,6 +12,7 @@ mod read_file;
 mod roundtrip;
 #[cfg(feature = "s3")]
 mod s3;
+mod splice;
 mod transfer;
 
 use std::io::Write;
