@@ -245,11 +245,13 @@ mod tests {
             chunks: Vec::new(),
             compression: Compression { algorithm: Zstd::Zstd, level: 3 },
             environment: None,
-            format: envbuild_cache::manifest::FORMAT.to_owned(),
+            format: envbuild_cache::manifest::FORMAT_V1.to_owned(),
             image_config: None,
             keys: None,
             size: offset + 1024,
             toc,
+            toc_ref: None,
+            chunks_ref: None,
         }
     }
 

@@ -71,12 +71,12 @@ pub async fn list(session: &Session) -> Result<Vec<Listed>> {
         .map(|(id, meta)| {
             let store = store.clone();
             async move {
-                let manifest = restore::read_manifest(&*store, &id).await?;
+                let manifest = restore::read_manifest_shallow(&*store, &id).await?;
                 Ok::<_, crate::Error>(Listed {
                     id,
                     size: manifest.size,
                     stored: manifest.unique_chunks().iter().map(|c| c.stored_size).sum(),
-                    entries: manifest.toc.len(),
+                    entries: usize::try_from(manifest.entry_count()).unwrap_or(usize::MAX),
                     chunks: manifest.chunks.len(),
                     created: meta.last_modified,
                 })

@@ -4,9 +4,10 @@
 //!
 //! - a chunk (`v1/chunks/ab/<hex>`) must be one zstd frame declaring its size, within the
 //!   chunk limit, whose content hashes to `<hex>`;
-//! - a manifest (`v1/snapshots/<hex>`) must hash to `<hex>`, be a well-formed v1 manifest, and
-//!   arrive after its chunks: every chunk it lists must already be stored, so a published
-//!   snapshot is always whole;
+//! - a manifest (`v1/snapshots/<hex>`) must hash to `<hex>`, be a well-formed manifest, and
+//!   arrive after its chunks: every chunk it lists (and, in v2, the chunks of its chunk list
+//!   and table of contents, and the list itself, read and checked) must already be stored, so
+//!   a published snapshot is always whole;
 //! - a key record (`v1/keys/<hex>`) or a ref must parse, name the key of its path, and point
 //!   at a snapshot that is stored.
 //!
@@ -58,8 +59,28 @@ pub async fn check(store: &dyn Store, path: &ObjectPath, bytes: &[u8]) -> Result
     if let Some(digest) = layout::parse_chunk(path) {
         chunk::verify_stored(bytes, &digest)?;
     } else if let Some(id) = layout::parse_snapshot(path) {
-        let manifest = Manifest::decode(bytes, &id).map_err(Refusal::Manifest)?;
+        let mut manifest = Manifest::decode(bytes, &id).map_err(Refusal::Manifest)?;
+        // v2: the lists' own chunks first, then the chunks the list names.
         check_chunks_present(store, &id, &manifest).await?;
+        if let Some(list) = manifest.chunks_ref.clone() {
+            let mut text = Vec::new();
+            for chunk in &list.chunks {
+                match crate::restore::fetch_chunk(store, chunk).await {
+                    Ok(raw) => text.extend_from_slice(&raw),
+                    Err(crate::Error::Store(e)) => return Err(Refusal::Store(e)),
+                    Err(e) => {
+                        return Err(Refusal::Manifest(ManifestError {
+                            id: id.to_string(),
+                            detail: e.to_string(),
+                        }));
+                    }
+                }
+            }
+            let fail = |detail| Refusal::Manifest(ManifestError { id: id.to_string(), detail });
+            manifest.chunks = crate::manifest::decode_chunk_list(&text, &list).map_err(fail)?;
+            manifest.check().map_err(fail)?;
+            check_chunks_present(store, &id, &manifest).await?;
+        }
     } else if let Some(key) = layout::parse_key(path) {
         let record: KeyRecord = parse(bytes, "key record")?;
         if record.key != key {
@@ -143,7 +164,7 @@ mod tests {
         .unwrap();
         let id = report.id;
         let manifest_bytes = source.get(&layout::snapshot(&id), u64::MAX).await.unwrap().bytes;
-        let manifest = Manifest::decode(&manifest_bytes, &id).unwrap();
+        let manifest = crate::restore::read_manifest_shallow(&*source, &id).await.unwrap();
         assert!(manifest.chunks.len() > 1);
         let store = MemoryStore::new();
 
@@ -154,10 +175,21 @@ mod tests {
         let first = manifest.chunks[0].digest;
         let wrong = chunk::compress(b"not the chunk", 3).unwrap();
         assert!(matches!(check(&store, &layout::chunk(&first), &wrong).await, Err(Refusal::Chunk(_))));
+        // The lists' chunks alone: still refused, naming a data chunk the list names.
+        let lists: Vec<_> =
+            manifest.chunks_ref.iter().chain(&manifest.toc_ref).flat_map(|l| l.chunks.clone()).collect();
+        for c in &lists {
+            let stored = source.get(&layout::chunk(&c.digest), u64::MAX).await.unwrap().bytes;
+            store.put(&layout::chunk(&c.digest), stored, PutMode::Create).await.unwrap();
+        }
+        match check(&store, &layout::snapshot(&id), &manifest_bytes).await.unwrap_err() {
+            Refusal::MissingChunks { first, .. } => assert_eq!(first, manifest.chunks[0].digest),
+            other => panic!("{other}"),
+        }
         for c in manifest.unique_chunks() {
             let stored = source.get(&layout::chunk(&c.digest), u64::MAX).await.unwrap().bytes;
             check(&store, &layout::chunk(&c.digest), &stored).await.unwrap();
-            store.put(&layout::chunk(&c.digest), stored, PutMode::Create).await.unwrap();
+            store.put(&layout::chunk(&c.digest), stored, PutMode::Overwrite).await.unwrap();
         }
         check(&store, &layout::snapshot(&id), &manifest_bytes).await.unwrap();
         // The manifest under another id: refused.

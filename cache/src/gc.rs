@@ -69,10 +69,10 @@ async fn collect(store: &Arc<dyn Store>, options: GcOptions) -> Result<GcReport>
     let mut reachable: HashSet<Digest> = HashSet::new();
     for (id, _) in catalog::list_snapshots(&**store).await? {
         report.snapshots += 1;
-        let manifest = restore::read_manifest(&**store, &id).await.map_err(|e| {
+        let manifest = restore::read_manifest_shallow(&**store, &id).await.map_err(|e| {
             Error::Busy(format!("gc stopped before deleting anything: snapshot {id} cannot be read ({e}); remove or repair it first"))
         })?;
-        reachable.extend(manifest.chunks.iter().map(|c| c.digest));
+        reachable.extend(manifest.unique_chunks().iter().map(|c| c.digest));
     }
     report.reachable_chunks = chunks.iter().filter(|(d, _)| reachable.contains(d)).count();
     let mut doomed = Vec::new();

@@ -50,7 +50,7 @@ use crate::digest::{Digest, SnapshotId};
 use crate::error::{Error, Result};
 use crate::layout;
 use crate::lease;
-use crate::manifest::{self, ChunkAlgorithm, ChunkRef, Chunking, Compression, Manifest, TocEntry, Zstd};
+use crate::manifest::{self, ChunkRef, Chunking, Compression, Manifest, TocEntry, Zstd};
 use crate::restore;
 use crate::store::{PutMode, PutOutcome, Store};
 use crate::tar::{self, CanonicalKey, Entry, EntryKind, TarReader};
@@ -175,8 +175,14 @@ async fn ingest_leased(
             return Err(Error::Internal(format!("the reordered stream is still out of order at `{path}`")));
         }
     }
-    let ScanEnd::Done { toc, bytes, leaks } = pass.end else { unreachable!("handled above") };
-    publish(store, options, Scanned { chunks: pass.chunks, toc, bytes, leaks, reordered }, started).await
+    let ScanEnd::Done { toc, bytes, entries_end, leaks } = pass.end else { unreachable!("handled above") };
+    publish(
+        store,
+        options,
+        Scanned { chunks: pass.chunks, toc, bytes, entries_end, leaks, reordered },
+        started,
+    )
+    .await
 }
 
 /// What a pass over a new stream produced, ready to be published.
@@ -185,6 +191,8 @@ pub(crate) struct Scanned {
     pub toc: Vec<TocEntry>,
     /// Bytes in the stream.
     pub bytes: u64,
+    /// Where the last entry ends (the end-of-archive marker begins).
+    pub entries_end: u64,
     /// Stream offsets where secret values were found, with the secrets' names.
     pub leaks: Vec<(u64, String)>,
     pub reordered: bool,
@@ -198,7 +206,7 @@ pub(crate) async fn publish(
     scanned: Scanned,
     started: Instant,
 ) -> Result<IngestReport> {
-    let Scanned { chunks: stored, toc, bytes, leaks, reordered } = scanned;
+    let Scanned { chunks: stored, toc, bytes, entries_end, leaks, reordered } = scanned;
     if !leaks.is_empty() {
         // Nothing is published, and the chunks this ingest added (which hold the values) go.
         for chunk in stored.iter().filter(|c| c.new) {
@@ -207,18 +215,20 @@ pub(crate) async fn publish(
         return Err(Error::Leak { findings: locate(&leaks, &toc) });
     }
     let chunks: Vec<ChunkRef> = stored.iter().map(|c| c.chunk).collect();
+    let lines = manifest::encode_toc(&toc, entries_end)
+        .map_err(|e| Error::Internal(format!("the table of contents cannot be written: {e}")))?;
+    let (toc_ref, toc_stored) = store_lines(store, options, lines, toc.len()).await?;
+    let lines = manifest::encode_chunk_list(&chunks);
+    let (chunks_ref, list_stored) = store_lines(store, options, lines, chunks.len()).await?;
     let manifest = Manifest {
         format: manifest::FORMAT.to_owned(),
-        chunking: Chunking {
-            algorithm: ChunkAlgorithm::FastCdc2020,
-            min: options.params.min,
-            avg: options.params.avg,
-            max: options.params.max,
-        },
+        chunking: Chunking::of(options.params),
         compression: Compression { algorithm: Zstd::Zstd, level: options.zstd_level },
         size: bytes,
         chunks,
+        chunks_ref: Some(chunks_ref),
         toc,
+        toc_ref: Some(toc_ref),
         image_config: options.meta.image_config.clone(),
         environment: options.meta.environment.clone(),
         keys: options.meta.keys.clone(),
@@ -227,10 +237,16 @@ pub(crate) async fn publish(
     let (bytes_of_manifest, id) = manifest.encode()?;
     let manifest_bytes = bytes_of_manifest.len() as u64;
     let outcome = store.put(&layout::snapshot(&id), Bytes::from(bytes_of_manifest), PutMode::Create).await?;
+    let published = matches!(outcome, PutOutcome::Written { .. });
     let unique = manifest.unique_chunks();
     let new: Vec<&StoredChunk> = {
         let mut seen = std::collections::HashSet::new();
-        stored.iter().filter(|c| c.new && seen.insert(c.chunk.digest)).collect()
+        stored
+            .iter()
+            .chain(&toc_stored)
+            .chain(&list_stored)
+            .filter(|c| c.new && seen.insert(c.chunk.digest))
+            .collect()
     };
     Ok(IngestReport {
         id,
@@ -240,13 +256,42 @@ pub(crate) async fn publish(
         unique_chunks: unique.len(),
         new_chunks: new.len(),
         new_raw_bytes: new.iter().map(|c| c.chunk.size).sum(),
-        new_stored_bytes: new.iter().map(|c| c.chunk.stored_size).sum(),
-        stored_bytes: unique.iter().map(|c| c.stored_size).sum(),
+        new_stored_bytes: new.iter().map(|c| c.chunk.stored_size).sum::<u64>()
+            + if published { manifest_bytes } else { 0 },
+        stored_bytes: unique.iter().map(|c| c.stored_size).sum::<u64>() + manifest_bytes,
         manifest_bytes,
         reordered,
-        published: matches!(outcome, PutOutcome::Written { .. }),
+        published,
         elapsed: started.elapsed(),
     })
+}
+
+/// Stores one of v2's lists (`lines` of `entries` lines) in chunks; where it is, and its
+/// chunks.
+async fn store_lines(
+    store: &Arc<dyn Store>,
+    options: &IngestOptions,
+    lines: Vec<u8>,
+    entries: usize,
+) -> Result<(manifest::StreamRef, Vec<StoredChunk>)> {
+    let size = lines.len() as u64;
+    let mut chunker = Chunker::new(manifest::LIST_CHUNKING);
+    let mut pieces = Vec::new();
+    chunker.push(&lines, &mut pieces);
+    chunker.finish(&mut pieces);
+    let (tx, rx) = mpsc::channel::<Piece>(pieces.len().max(1));
+    for piece in pieces {
+        tx.try_send(Piece::Fresh(piece)).map_err(|_| Error::Internal("the list's channel is full".into()))?;
+    }
+    drop(tx);
+    let stored = store_pieces(store, rx, options, &Arc::new(Progress::default())).await?;
+    let stream = manifest::StreamRef {
+        chunking: Chunking::of(manifest::LIST_CHUNKING),
+        chunks: stored.iter().map(|c| c.chunk).collect(),
+        entries: entries as u64,
+        size,
+    };
+    Ok((stream, stored))
 }
 
 /// A chunk after the store has it.
@@ -275,6 +320,7 @@ enum ScanEnd {
     Done {
         toc: Vec<TocEntry>,
         bytes: u64,
+        entries_end: u64,
         /// Stream offsets where secret values were found, with the secrets' names.
         leaks: Vec<(u64, String)>,
     },
@@ -539,6 +585,7 @@ fn scan(
     let mut toc = Vec::new();
     let mut previous: Option<CanonicalKey> = None;
     let mut buf = vec![0u8; 256 * 1024];
+    let mut entries_end = 0;
     while let Some(entry) = tar.next_entry()? {
         let key = tar::canonical_key(&entry.path);
         if previous.as_ref().is_some_and(|p| *p >= key) {
@@ -550,6 +597,7 @@ fn scan(
             });
         }
         let hash = content_hash(&entry, &mut tar, &mut buf)?;
+        entries_end = entry.data_offset + entry.size + tar::padding(entry.size) as u64;
         toc.push(toc_entry(&entry, hash));
         previous = Some(key);
     }
@@ -560,7 +608,7 @@ fn scan(
     chunker.finish(&mut recorder.ready);
     recorder.send_ready().map_err(Error::io("cannot hand the last chunks to the store"))?;
     let leaks = recorder.leaks.take().map(LeakWatch::into_hits).unwrap_or_default();
-    Ok(ScanEnd::Done { toc, bytes, leaks })
+    Ok(ScanEnd::Done { toc, bytes, entries_end, leaks })
 }
 
 /// The table of contents of a tar stream, storing nothing: for comparing a stream with a

@@ -32,8 +32,35 @@ use crate::store::{Store, StoreError};
 /// the store does not.
 const VERIFY_ATTEMPTS: u32 = 3;
 
-/// Reads and checks the manifest of `id`.
+/// Reads and checks the manifest of `id`, with its chunk list and table of contents (v2's are
+/// read from their chunks, verified).
 pub async fn read_manifest(store: &dyn Store, id: &SnapshotId) -> Result<Manifest> {
+    let mut manifest = read_manifest_shallow(store, id).await?;
+    if let Some(toc_ref) = manifest.toc_ref.clone() {
+        let bytes = read_list(store, &toc_ref).await?;
+        let size = manifest.size;
+        manifest.toc = tokio::task::spawn_blocking(move || manifest::decode_toc(&bytes, &toc_ref, size))
+            .await
+            .map_err(|e| Error::Internal(format!("a table of contents decoding task failed: {e}")))?
+            .map_err(|detail| manifest::ManifestError { id: id.to_string(), detail })?;
+        manifest.check().map_err(|detail| manifest::ManifestError { id: id.to_string(), detail })?;
+    }
+    Ok(manifest)
+}
+
+/// The bytes of one of v2's lists, from its chunks, verified.
+async fn read_list(store: &dyn Store, stream: &manifest::StreamRef) -> Result<Vec<u8>> {
+    let mut bytes = Vec::with_capacity(usize::try_from(stream.size).unwrap_or(0));
+    for chunk in &stream.chunks {
+        bytes.extend_from_slice(&fetch_chunk(store, chunk).await?);
+    }
+    Ok(bytes)
+}
+
+/// Reads and checks the manifest of `id` and its chunk list, leaving a v2 table of contents
+/// unread (`toc` empty, `toc_ref` set): for what needs only the chunks (gc, verify, copies,
+/// listings).
+pub async fn read_manifest_shallow(store: &dyn Store, id: &SnapshotId) -> Result<Manifest> {
     let path = layout::snapshot(id);
     let mut attempt = 0;
     loop {
@@ -50,7 +77,15 @@ pub async fn read_manifest(store: &dyn Store, id: &SnapshotId) -> Result<Manifes
             .await
             .map_err(|e| Error::Internal(format!("a manifest decoding task failed: {e}")))?;
         match decoded {
-            Ok(manifest) => return Ok(manifest),
+            Ok(mut manifest) => {
+                if let Some(list) = manifest.chunks_ref.clone() {
+                    let bytes = read_list(store, &list).await?;
+                    let fail = |detail| manifest::ManifestError { id: id.to_string(), detail };
+                    manifest.chunks = manifest::decode_chunk_list(&bytes, &list).map_err(fail)?;
+                    manifest.check().map_err(fail)?;
+                }
+                return Ok(manifest);
+            }
             Err(e) if attempt < VERIFY_ATTEMPTS => {
                 tracing::warn!("{e}; reading it again");
                 store.invalidate(&path).await;

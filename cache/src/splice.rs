@@ -104,9 +104,9 @@ pub async fn ingest_onto(
         let merged = merge.await.map_err(|e| Error::Internal(format!("the splice thread failed: {e}")))?;
         // A store failure is the root cause when both fail: the merge then only saw the channel close.
         let chunks = stored?;
-        let Merged { toc, bytes, leaks } = merged?;
-        ingest::publish(&store, &options, Scanned { chunks, toc, bytes, leaks, reordered: false }, started)
-            .await
+        let Merged { toc, bytes, entries_end, leaks } = merged?;
+        let scanned = Scanned { chunks, toc, bytes, entries_end, leaks, reordered: false };
+        ingest::publish(&store, &options, scanned, started).await
     }
     .await;
     lease.release().await;
@@ -350,6 +350,7 @@ impl Splicer {
 struct Merged {
     toc: Vec<TocEntry>,
     bytes: u64,
+    entries_end: u64,
     leaks: Vec<(u64, String)>,
 }
 
@@ -425,6 +426,7 @@ impl Merge {
             previous = Some((key, part.take));
         }
         self.keep_before(&[])?;
+        let entries_end = self.out;
         let trailer = (self.source.entries_end(), self.source.manifest.size);
         self.keep_range(trailer.0, trailer.1)?;
         self.out += trailer.1 - trailer.0;
@@ -438,7 +440,7 @@ impl Merge {
             )));
         }
         let leaks = self.leaks.map(LeakWatch::into_hits).unwrap_or_default();
-        Ok(Merged { toc: self.toc, bytes: self.out, leaks })
+        Ok(Merged { toc: self.toc, bytes: self.out, entries_end, leaks })
     }
 
     /// Keeps the parent entries that sort before `key` (all of them for an empty key).

@@ -64,7 +64,7 @@ async fn copy_leased(
     concurrency: usize,
     progress: &Arc<Progress>,
 ) -> Result<CopyReport> {
-    let manifest = restore::read_manifest(&**from, id).await?;
+    let manifest = restore::read_manifest_shallow(&**from, id).await?;
     let chunks = manifest.unique_chunks();
     let mut report = CopyReport {
         chunks: chunks.len(),

@@ -58,7 +58,7 @@ pub async fn verify(
         report.snapshots += 1;
         match restore::read_manifest(&**store, id).await {
             Ok(manifest) => {
-                for chunk in manifest.chunks {
+                for chunk in manifest.unique_chunks() {
                     chunks.entry(chunk).or_insert(*id);
                 }
             }

@@ -416,11 +416,13 @@ fn manifest_for(raw: &[u8], digest: &Digest, stored: u64) -> (Vec<u8>, String) {
             level: 3,
         },
         environment: None,
-        format: envbuild_cache::manifest::FORMAT.to_owned(),
+        format: envbuild_cache::manifest::FORMAT_V1.to_owned(),
         image_config: None,
         keys: None,
         size: raw.len() as u64,
         toc: Vec::new(),
+        toc_ref: None,
+        chunks_ref: None,
     };
     let (bytes, id) = manifest.encode().unwrap();
     (bytes, id.to_string())

@@ -67,7 +67,12 @@ fn import_fetch_round_trip_and_listing() {
 
     let out = envbuild(&store).args(["inspect", &id, "--json"]).output().unwrap();
     let inspected: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(inspected["manifest"]["format"], "envbuild.snapshot.v1");
+    assert_eq!(inspected["manifest"]["format"], "envbuild.snapshot.v2");
+    assert_eq!(
+        inspected["manifest"]["toc"].as_array().unwrap().len(),
+        4,
+        "the table of contents, read from its chunks"
+    );
     envbuild(&store).args(["verify", "--read-data"]).assert().success();
 }
 

@@ -350,3 +350,34 @@ async fn a_damaged_parent_chunk_fails_the_splice() {
     let err = splice_onto(&store, &parent, &changes).await.unwrap_err();
     assert!(err.to_string().contains(&chunk.digest.to_string()), "{err}");
 }
+
+#[tokio::test]
+async fn a_snapshot_stores_only_the_table_of_contents_chunks_around_a_change() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let mut entries = vec![RawEntry::dir("usr/")];
+    for i in 0..8000 {
+        entries.push(RawEntry::file(&format!("usr/file-{i:05}"), format!("content {i}").as_bytes()));
+    }
+    let parent_stream = write_tar(&sorted(entries));
+    let parent = ingest_bytes(&store, parent_stream.clone()).await;
+    let changes = vec![Change {
+        path: "usr/file-03000",
+        take: Take::Entry,
+        archive: Some(vec![file("file-03000", &noise(70_000, 5))]),
+    }];
+    let child = ingest_bytes(&store, expected_stream(&parent_stream, &changes)).await;
+    let table = |id| {
+        let store = store.clone();
+        async move { restore::read_manifest_shallow(&*store, &id).await.unwrap().toc_ref.unwrap().chunks }
+    };
+    let (before, after) = (table(parent.id).await, table(child.id).await);
+    assert!(before.len() > 10, "the table has {} chunks", before.len());
+    let new = after.iter().filter(|c| !before.contains(c)).count();
+    assert!(new <= 2, "{new} of {} table chunks are new, though one entry changed", after.len());
+    // The entries after the change moved by 70 KB; their lines did not change.
+    let full = restore::read_manifest(&*store, &child.id).await.unwrap();
+    assert_eq!(full.toc.len(), 8001);
+    let moved = full.toc.iter().find(|e| e.path == "usr/file-07999").unwrap();
+    let old = restore::read_manifest(&*store, &parent.id).await.unwrap();
+    assert!(moved.offset > old.toc.iter().find(|e| e.path == "usr/file-07999").unwrap().offset);
+}
