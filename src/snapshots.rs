@@ -53,6 +53,9 @@ pub struct Listed {
     /// When its manifest was stored.
     #[serde(with = "rfc3339")]
     pub created: SystemTime,
+    /// Why its manifest cannot be read, when it cannot (the other fields are then zero).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub damage: Option<String>,
 }
 
 mod rfc3339 {
@@ -71,14 +74,30 @@ pub async fn list(session: &Session) -> Result<Vec<Listed>> {
         .map(|(id, meta)| {
             let store = store.clone();
             async move {
-                let manifest = restore::read_manifest_shallow(&*store, &id).await?;
-                Ok::<_, crate::Error>(Listed {
+                // A damaged manifest is listed as such; the others are listed all the same.
+                let manifest = match restore::read_manifest_shallow(&*store, &id).await {
+                    Ok(manifest) => manifest,
+                    Err(e) if e.is_damage() => {
+                        return Ok::<_, crate::Error>(Listed {
+                            id,
+                            size: 0,
+                            stored: 0,
+                            entries: 0,
+                            chunks: 0,
+                            created: meta.last_modified,
+                            damage: Some(e.to_string()),
+                        });
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                Ok(Listed {
                     id,
                     size: manifest.size,
                     stored: manifest.unique_chunks().iter().map(|c| c.stored_size).sum(),
                     entries: usize::try_from(manifest.entry_count()).unwrap_or(usize::MAX),
                     chunks: manifest.chunks.len(),
                     created: meta.last_modified,
+                    damage: None,
                 })
             }
         })

@@ -24,11 +24,20 @@ pub struct StoreOptions {
     pub token: Option<String>,
     /// Largest size of the local cache of remote stores.
     pub cache_max_bytes: u64,
+    /// Create a local store that does not exist yet; commands that only read leave this off,
+    /// so a mistyped location is an error, not a new empty store.
+    pub create: bool,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        Self { location: None, allow_unconditional_writes: false, token: None, cache_max_bytes: 10 << 30 }
+        Self {
+            location: None,
+            allow_unconditional_writes: false,
+            token: None,
+            cache_max_bytes: 10 << 30,
+            create: true,
+        }
     }
 }
 
@@ -45,6 +54,7 @@ pub async fn open(options: &StoreOptions) -> Result<Arc<dyn Store>> {
         cache_dir: Some(default_location().join("remote-cache")),
         cache_max_bytes: options.cache_max_bytes,
         allow_unconditional_writes: options.allow_unconditional_writes,
+        create: options.create,
         ..OpenOptions::default()
     };
     #[cfg(feature = "http")]

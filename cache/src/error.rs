@@ -48,6 +48,17 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether this says an object is bad (a damaged manifest or chunk, something other than
+    /// a file in its place, an object over its bound): what a store-wide command reports about
+    /// that object before going on, where a failing store stops it.
+    pub fn is_damage(&self) -> bool {
+        match self {
+            Error::Manifest(_) | Error::Corrupt(_) => true,
+            Error::Store(e) => e.is_damage(),
+            _ => false,
+        }
+    }
+
     pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
         let context = context.into();
         move |source| Error::Io { context, source }

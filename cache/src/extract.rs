@@ -154,6 +154,12 @@ fn refuse(path: &[u8], reason: impl Into<String>) -> Error {
     Refused { path: shown(path), reason: reason.into() }.into()
 }
 
+/// Refuses a path that could leave the root it is extracted in (absolute, or with a `..`
+/// component): what ingest checks of every name and hard-link target before storing it.
+pub(crate) fn check_path(path: &[u8], what: &str) -> Result<()> {
+    safe_components(path, what).map(drop)
+}
+
 /// The components of an archive path, refusing anything that could leave the root.
 fn safe_components(path: &[u8], what: &str) -> Result<Vec<Vec<u8>>> {
     if path.first() == Some(&b'/') {

@@ -9,9 +9,13 @@
 //! Safety against concurrent writers has two layers. `gc` holds a lease and refuses to run
 //! beside a live writer (see `lease`), which rules out deleting a chunk a writer has just found
 //! and is about to reference. And it only deletes objects older than the grace period, so even a
-//! writer that takes no lease (an older version, a manual copy) is not cut short. If any
-//! manifest cannot be read, `gc` stops before deleting anything: it cannot know what that
-//! snapshot references.
+//! writer that takes no lease (an older version, a manual copy) is not cut short.
+//!
+//! A manifest that is damaged (it does not decode, is over its bound, is not a file) is
+//! reported and left in place, and collection goes on from the others: a damaged snapshot
+//! cannot be restored anyway, and pushing it again from another store re-sends every chunk it
+//! lacks. A store that fails to answer, on the other hand, stops `gc` before it deletes
+//! anything: it cannot know what the unread manifests reference.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -20,7 +24,7 @@ use std::time::{Duration, SystemTime};
 use futures::StreamExt;
 
 use crate::catalog;
-use crate::digest::Digest;
+use crate::digest::{Digest, SnapshotId};
 use crate::error::{Error, Result};
 use crate::layout::{self, CHUNKS};
 use crate::lease;
@@ -46,6 +50,8 @@ pub struct GcReport {
     pub young_chunks: usize,
     pub removed_leases: usize,
     pub removed_uploads: u64,
+    /// Snapshots whose manifests are damaged, and how: reported, left in place.
+    pub damaged: Vec<(SnapshotId, String)>,
 }
 
 pub async fn gc(store: &Arc<dyn Store>, options: GcOptions) -> Result<GcReport> {
@@ -69,10 +75,15 @@ async fn collect(store: &Arc<dyn Store>, options: GcOptions) -> Result<GcReport>
     let mut reachable: HashSet<Digest> = HashSet::new();
     for (id, _) in catalog::list_snapshots(&**store).await? {
         report.snapshots += 1;
-        let manifest = restore::read_manifest_shallow(&**store, &id).await.map_err(|e| {
-            Error::Busy(format!("gc stopped before deleting anything: snapshot {id} cannot be read ({e}); remove or repair it first"))
-        })?;
-        reachable.extend(manifest.unique_chunks().iter().map(|c| c.digest));
+        match restore::read_manifest_shallow(&**store, &id).await {
+            Ok(manifest) => reachable.extend(manifest.unique_chunks().iter().map(|c| c.digest)),
+            Err(e) if e.is_damage() => report.damaged.push((id, e.to_string())),
+            Err(e) => {
+                return Err(Error::Busy(format!(
+                    "gc stopped before deleting anything: snapshot {id} cannot be read ({e})"
+                )));
+            }
+        }
     }
     report.reachable_chunks = chunks.iter().filter(|(d, _)| reachable.contains(d)).count();
     let mut doomed = Vec::new();

@@ -82,6 +82,10 @@ pub struct IngestOptions {
     pub meta: SnapshotMeta,
     /// Refuse to publish a stream holding any of these secrets.
     pub leak_scanner: Option<Arc<dyn LeakScanner>>,
+    /// Store names that leave the root (absolute, `..`) as they are, as a hostile writer
+    /// could: only for tests of the readers' own defences.
+    #[cfg(feature = "testing")]
+    pub unchecked_paths: bool,
 }
 
 impl Default for IngestOptions {
@@ -93,6 +97,8 @@ impl Default for IngestOptions {
             spill_dir: std::env::temp_dir(),
             meta: SnapshotMeta::default(),
             leak_scanner: None,
+            #[cfg(feature = "testing")]
+            unchecked_paths: false,
         }
     }
 }
@@ -339,7 +345,12 @@ async fn run_pass(
     let params = options.params;
     let scan_progress = progress.clone();
     let scanner = options.leak_scanner.clone();
-    let scan = tokio::task::spawn_blocking(move || scan(input, params, tx, &scan_progress, scanner));
+    #[cfg(feature = "testing")]
+    let check_paths = !options.unchecked_paths;
+    #[cfg(not(feature = "testing"))]
+    let check_paths = true;
+    let scan =
+        tokio::task::spawn_blocking(move || scan(input, params, tx, &scan_progress, scanner, check_paths));
     let stored = store_pieces(store, rx, options, progress).await;
     let scanned = scan.await.map_err(|e| Error::Internal(format!("the scan thread failed: {e}")))?;
     // A store failure is the root cause when both fail: the scan then only saw the channel close.
@@ -569,6 +580,7 @@ fn scan(
     tx: mpsc::Sender<Piece>,
     progress: &Arc<Progress>,
     scanner: Option<Arc<dyn LeakScanner>>,
+    check_paths: bool,
 ) -> Result<ScanEnd> {
     // No BufReader: data is read straight into the tar reader's buffer, and the extra copy of
     // every byte costs more than the small reads of the 512-byte headers (measured).
@@ -596,10 +608,24 @@ fn scan(
                 path: String::from_utf8_lossy(&entry.path).into_owned(),
             });
         }
+        if check_paths {
+            // A name that leaves the root is refused here, not first when someone fetches it.
+            crate::extract::check_path(&entry.path, "the path")?;
+            if let (EntryKind::Hardlink, Some(target)) = (entry.kind, &entry.link) {
+                crate::extract::check_path(target, "the hard link's target")?;
+            }
+        }
         let hash = content_hash(&entry, &mut tar, &mut buf)?;
         entries_end = entry.data_offset + entry.size + tar::padding(entry.size) as u64;
         toc.push(toc_entry(&entry, hash));
         previous = Some(key);
+    }
+    // A stream cut short would otherwise be a smaller snapshot of what was read.
+    if !tar.saw_end_marker() {
+        return Err(tar::TarError::NoEndMarker { offset: tar.position() }.into());
+    }
+    if toc.is_empty() {
+        return Err(tar::TarError::Empty.into());
     }
     tar.drain()?;
     let bytes = tar.position();

@@ -102,7 +102,7 @@ async fn fetch_checked(store: &dyn Store, chunk: &ChunkRef) -> Result<(Bytes, By
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match fetch_once(store, chunk).await {
+        match fetch_from(store, chunk, false).await {
             Err(Error::Corrupt(e)) if attempt < VERIFY_ATTEMPTS && !e.detail.starts_with("it is missing") => {
                 tracing::warn!("{e}; reading it again");
                 store.invalidate(&path).await;
@@ -112,9 +112,11 @@ async fn fetch_checked(store: &dyn Store, chunk: &ChunkRef) -> Result<(Bytes, By
     }
 }
 
-async fn fetch_once(store: &dyn Store, chunk: &ChunkRef) -> Result<(Bytes, Bytes)> {
+async fn fetch_from(store: &dyn Store, chunk: &ChunkRef, uncached: bool) -> Result<(Bytes, Bytes)> {
     let path = layout::chunk(&chunk.digest);
-    let stored = match store.get(&path, manifest::zstd_bound(chunk.size)).await {
+    let limit = manifest::zstd_bound(chunk.size);
+    let got = if uncached { store.get_uncached(&path, limit).await } else { store.get(&path, limit).await };
+    let stored = match got {
         Ok(got) => got.bytes,
         Err(StoreError::NotFound { .. }) => {
             return Err(chunk::CorruptChunk {
@@ -232,6 +234,12 @@ pub async fn read_file(
 /// Fetches one chunk and verifies it; returns its raw bytes.
 pub async fn fetch_chunk(store: &dyn Store, chunk: &ChunkRef) -> Result<Bytes> {
     fetch_checked(store, chunk).await.map(|(_, raw)| raw)
+}
+
+/// Fetches one chunk from the store itself, past any local cache, and verifies it: what
+/// `verify --read-data` reads.
+pub async fn fetch_chunk_uncached(store: &dyn Store, chunk: &ChunkRef) -> Result<Bytes> {
+    fetch_from(store, chunk, true).await.map(|(_, raw)| raw)
 }
 
 /// Fetches one chunk's stored object, verified, for copying to another store as it is.

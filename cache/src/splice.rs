@@ -545,6 +545,10 @@ impl Merge {
                 break;
             }
         }
+        // A whole subtree must be whole: an archive cut short would drop its last entries.
+        if all && !tar.saw_end_marker() {
+            return Err(Error::NotSpliceable(format!("the archive of `/{root}` was cut short")));
+        }
         first.ok_or_else(|| Error::NotSpliceable(format!("the archive of `/{root}` is empty")))
     }
 

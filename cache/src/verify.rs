@@ -62,7 +62,8 @@ pub async fn verify(
                     chunks.entry(chunk).or_insert(*id);
                 }
             }
-            Err(Error::Store(e)) => return Err(Error::Store(e)),
+            // A store that fails stops the check; a bad object is reported, and the rest checked.
+            Err(e) if !e.is_damage() && matches!(e, Error::Store(_)) => return Err(e),
             Err(e) => {
                 report.problems.push(Problem { object: format!("snapshot {id}"), detail: e.to_string() });
             }
@@ -84,7 +85,7 @@ pub async fn verify(
         progress.bytes.fetch_add(if read_data { chunk.stored_size } else { 1 }, Ordering::Relaxed);
         match outcome {
             Ok(read) => report.bytes_read += read,
-            Err(Error::Store(e)) if !e.is_not_found() => return Err(Error::Store(e)),
+            Err(Error::Store(e)) if !e.is_not_found() && !e.is_damage() => return Err(Error::Store(e)),
             Err(e) => report.problems.push(Problem {
                 object: format!("chunk {}", chunk.digest),
                 detail: format!(
@@ -109,7 +110,8 @@ fn strip_chunk_prefix(message: &str, digest: &Digest) -> String {
 /// Bytes read when the chunk is sound.
 async fn check_chunk(store: &dyn Store, chunk: &ChunkRef, read_data: bool) -> Result<u64> {
     if read_data {
-        restore::fetch_chunk(store, chunk).await?;
+        // The store's own bytes, never a local copy of them: a cache cannot vouch for the store.
+        restore::fetch_chunk_uncached(store, chunk).await?;
         return Ok(chunk.stored_size);
     }
     let corrupt =
@@ -124,6 +126,16 @@ async fn check_chunk(store: &dyn Store, chunk: &ChunkRef, read_data: bool) -> Re
     }
 }
 
+/// What is wrong with the snapshot a pointer names, if anything.
+async fn missing_snapshot(store: &dyn Store, snapshot: &SnapshotId) -> Result<Option<String>> {
+    match store.head(&layout::snapshot(snapshot)).await {
+        Ok(Some(_)) => Ok(None),
+        Ok(None) => Ok(Some(format!("it points at snapshot {snapshot}, which does not exist"))),
+        Err(e) if e.is_damage() => Ok(Some(format!("it points at snapshot {snapshot}: {e}"))),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Key records and refs must point at snapshots that exist.
 async fn check_pointers(store: &dyn Store, report: &mut VerifyReport) -> Result<()> {
     for meta in store.list(KEYS).await? {
@@ -131,11 +143,8 @@ async fn check_pointers(store: &dyn Store, report: &mut VerifyReport) -> Result<
         let object = format!("key {key}");
         match catalog::read_key(store, &key).await {
             Ok(Some(KeyRecord { snapshot, .. })) => {
-                if store.head(&layout::snapshot(&snapshot)).await?.is_none() {
-                    report.problems.push(Problem {
-                        object,
-                        detail: format!("it points at snapshot {snapshot}, which does not exist"),
-                    });
+                if let Some(detail) = missing_snapshot(store, &snapshot).await? {
+                    report.problems.push(Problem { object, detail });
                 }
             }
             Ok(None) => {}
@@ -146,11 +155,8 @@ async fn check_pointers(store: &dyn Store, report: &mut VerifyReport) -> Result<
         let name = meta.path.as_str().trim_start_matches(REFS).to_owned();
         match catalog::read_ref(store, &name).await {
             Ok(Some((RefRecord { snapshot, .. }, _))) => {
-                if store.head(&layout::snapshot(&snapshot)).await?.is_none() {
-                    report.problems.push(Problem {
-                        object: format!("ref {name}"),
-                        detail: format!("it points at snapshot {snapshot}, which does not exist"),
-                    });
+                if let Some(detail) = missing_snapshot(store, &snapshot).await? {
+                    report.problems.push(Problem { object: format!("ref {name}"), detail });
                 }
             }
             Ok(None) => {}

@@ -40,8 +40,16 @@ pub fn jobs(global: &GlobalArgs) -> usize {
 }
 
 /// A session on the store the command line names, reporting on stderr, cancelled by Ctrl-C.
+/// A local store that does not exist yet is created.
 pub async fn session(global: &GlobalArgs, cancel: &CancellationToken) -> anyhow::Result<Session> {
     let store = store::open(&store_options(global, None)?).await?;
+    Ok(session_on(global, store, cancel))
+}
+
+/// A session for a command that only reads the store: a local store must exist already.
+pub async fn reading_session(global: &GlobalArgs, cancel: &CancellationToken) -> anyhow::Result<Session> {
+    let options = StoreOptions { create: false, ..store_options(global, None)? };
+    let store = store::open(&options).await?;
     Ok(session_on(global, store, cancel))
 }
 

@@ -109,8 +109,14 @@ async fn every_store_command_works_on_s3() {
     assert_eq!(std::fs::read(dir.join("opt/a.bin")).unwrap(), noise(10 * 1024 * 1024, 1));
     let gc = run(&["gc", "--dry-run", "--grace", "0s", "--json"]);
     assert!(gc.status.success(), "{}", String::from_utf8_lossy(&gc.stderr));
-    // The second fetch came from the local chunk cache.
-    assert!(home.path().join("cache/envbuild/remote-cache/v1/chunks").is_dir());
+    // The second fetch came from the local chunk cache (a directory of this store's own).
+    let cache = home.path().join("cache/envbuild/remote-cache");
+    let own: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().join("v1/chunks").is_dir())
+        .collect();
+    assert_eq!(own.len(), 1, "one cache directory for the one store in {}", cache.display());
 }
 
 #[tokio::test(flavor = "multi_thread")]

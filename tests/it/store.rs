@@ -141,6 +141,15 @@ fn usage_and_lookup_errors() {
     let work = tempfile::tempdir().unwrap();
     let store = work.path().join("store");
     envbuild(&store).args(["fetch", "abc"]).assert().code(2);
+    // Commands that only read do not create a store where there is none.
+    for args in [vec!["ls"], vec!["fetch", "deadbeefcafe", "--tar", "-"], vec!["verify"], vec!["gc"]] {
+        let out = envbuild(&store).args(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(stderr.contains("does not exist") && stderr.contains("hint:"), "{args:?}: {stderr}");
+        assert!(!store.exists(), "`{args:?}` created the store");
+    }
+    import(&store, sample_tar(31));
     let out = envbuild(&store).args(["fetch", "deadbeefcafe", "--tar", "-"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(
@@ -213,4 +222,94 @@ fn a_closed_stdout_ends_commands_quietly() {
     let repo = crate::build::repo("basic");
     with_closed_stdout(&store, &["key", "--repo", repo.path().to_str().unwrap()]);
     with_closed_stdout(&store, &["key", "--json", "--repo", repo.path().to_str().unwrap()]);
+}
+
+/// The store's file for the first chunk of snapshot `id` (the one holding `etc/hostname`).
+fn first_chunk_file(store: &Path, id: &str) -> std::path::PathBuf {
+    let out = envbuild(store).args(["inspect", id, "--json"]).output().unwrap();
+    let inspected: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let digest = inspected["manifest"]["chunks"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_owned();
+    store.join("v1/chunks").join(&digest[..2]).join(&digest)
+}
+
+fn mkfifo(path: &Path) {
+    std::fs::remove_file(path).unwrap();
+    let status = std::process::Command::new("mkfifo").arg(path).status().unwrap();
+    assert!(status.success());
+}
+
+/// A FIFO where a chunk should be and a symlink where a manifest should be: reads do not hang
+/// or follow them, and every command names the object and goes on with the rest.
+#[test]
+fn a_fifo_or_symlink_in_place_of_an_object_is_damage_named_quickly() {
+    let work = tempfile::tempdir().unwrap();
+    let store = work.path().join("store");
+    let id = import(&store, sample_tar(11));
+    let other = import(&store, sample_tar(12));
+    let chunk = first_chunk_file(&store, &id);
+    mkfifo(&chunk);
+    let chunk_name = chunk.file_name().unwrap().to_string_lossy().into_owned();
+    for args in [vec!["fetch", id.as_str(), "--to", "out"], vec!["verify", "--read-data"], vec!["verify"]] {
+        let out = envbuild(&store)
+            .current_dir(work.path())
+            .args(&args)
+            .timeout(std::time::Duration::from_secs(20))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(&chunk_name) && stderr.contains("FIFO"), "{args:?}: {stderr}");
+    }
+    assert!(!work.path().join("out").exists());
+
+    // A symlink in place of the other snapshot's manifest (pointing at a real manifest).
+    let manifest = store.join("v1/snapshots").join(other.trim_start_matches("sha256:"));
+    std::fs::remove_file(&manifest).unwrap();
+    std::os::unix::fs::symlink(store.join("v1/snapshots").join(id.trim_start_matches("sha256:")), &manifest)
+        .unwrap();
+    let out = envbuild(&store).args(["ls"]).timeout(std::time::Duration::from_secs(20)).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains(&id) && stdout.contains(&format!("{other}  damaged")), "{stdout}");
+    assert!(stderr.contains("symbolic link"), "{stderr}");
+    let out = envbuild(&store).args(["verify"]).timeout(std::time::Duration::from_secs(20)).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains(&format!("snapshot {other}")) && stderr.contains("symbolic link"), "{stderr}");
+}
+
+/// A truncated manifest and one over the size bound: `ls`, `verify` and `gc` report them and
+/// go on with the rest of the store.
+#[test]
+fn one_bad_manifest_does_not_break_store_wide_commands() {
+    let work = tempfile::tempdir().unwrap();
+    let store = work.path().join("store");
+    let good = import(&store, sample_tar(21));
+    let truncated = import(&store, sample_tar(22));
+    let path = store.join("v1/snapshots").join(truncated.trim_start_matches("sha256:"));
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let out = envbuild(&store).args(["ls", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listing: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = listing.as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{listing}");
+    assert!(rows.iter().any(|r| r["id"] == good.as_str() && r["damage"].is_null()), "{listing}");
+    assert!(rows.iter().any(|r| r["id"] == truncated.as_str() && r["damage"].is_string()), "{listing}");
+    // Over the bound (512 MiB): a sparse file, so the test writes nothing.
+    let huge = store.join("v1/snapshots").join("ab".repeat(32));
+    std::fs::File::create(&huge).unwrap().set_len(513 * 1024 * 1024).unwrap();
+    let out = envbuild(&store).args(["verify"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&"ab".repeat(32)) && stderr.contains(&truncated), "{stderr}");
+    let out = envbuild(&store).args(["gc", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["damaged"].as_array().unwrap().len(), 2, "{report}");
+    envbuild(&store).args(["fetch", &good, "--to"]).arg(work.path().join("out")).assert().success();
 }

@@ -17,7 +17,10 @@
 //!   the limit. Deleting a file another process is reading is harmless on Unix.
 //! - **Never trusted.** The cache returns bytes; the callers verify them as they verify the
 //!   remote's. A copy found damaged is dropped through [`Store::invalidate`] and read again
-//!   from the remote.
+//!   from the remote. Checks of the store itself (`verify --read-data`) read past the cache
+//!   ([`Store::get_uncached`]): a local copy says nothing of what the store still holds.
+//! - **One cache per store.** The directory holds a subdirectory per store location (a hash
+//!   of it), so two stores never answer for each other, even for objects of the same name.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -43,9 +46,11 @@ fn cacheable(path: &ObjectPath) -> bool {
 }
 
 impl<S: Store> Cached<S> {
-    /// Caches `inner`'s immutable objects in `dir`, holding at most about `max_bytes`.
-    pub fn new(inner: S, dir: PathBuf, max_bytes: u64) -> Self {
-        Self { inner, dir, max_bytes, added_since_sweep: AtomicU64::new(0) }
+    /// Caches `inner`'s immutable objects under `dir` (in a subdirectory of its own, named by
+    /// its location), holding at most about `max_bytes`.
+    pub fn new(inner: S, dir: &Path, max_bytes: u64) -> Self {
+        let own = crate::digest::Digest::of(inner.location().as_bytes()).hex()[..16].to_owned();
+        Self { dir: dir.join(own), inner, max_bytes, added_since_sweep: AtomicU64::new(0) }
     }
 
     fn file(&self, path: &ObjectPath) -> PathBuf {
@@ -189,6 +194,10 @@ impl<S: Store> Store for Cached<S> {
 
     async fn get(&self, path: &ObjectPath, limit: u64) -> Result<GetResult, StoreError> {
         if cacheable(path) { self.get_through(path, limit).await } else { self.inner.get(path, limit).await }
+    }
+
+    async fn get_uncached(&self, path: &ObjectPath, limit: u64) -> Result<GetResult, StoreError> {
+        self.inner.get_uncached(path, limit).await
     }
 
     async fn head(&self, path: &ObjectPath) -> Result<Option<ObjectMeta>, StoreError> {

@@ -33,15 +33,35 @@ pub struct LocalStore {
 impl LocalStore {
     /// A store rooted at `root`, which is created if missing.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
-        let root = root.into();
+        Self::open_with(&root.into(), true)
+    }
+
+    /// The store at `root`, which must exist: for commands that only read, so that a mistyped
+    /// location is an error rather than a new, empty store.
+    pub fn open_existing(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        Self::open_with(&root.into(), false)
+    }
+
+    fn open_with(root: &Path, create: bool) -> Result<Self, StoreError> {
         let store = format!("local store `{}`", root.display());
+        if !create && !root.join(TMP_DIR).is_dir() {
+            let what = if root.exists() { "it is not an envbuild store" } else { "it does not exist" };
+            return Err(StoreError::Unusable {
+                store,
+                message: what.to_owned(),
+                hint: Some(
+                    "check the location (`--store`, ENVBUILD_STORE); `build` and `import` create a store"
+                        .into(),
+                ),
+            });
+        }
         std::fs::create_dir_all(root.join(TMP_DIR)).map_err(|source| StoreError::Io {
             store: store.clone(),
             operation: "create",
             path: root.display().to_string(),
             source,
         })?;
-        let root = std::fs::canonicalize(&root).map_err(|source| StoreError::Io {
+        let root = std::fs::canonicalize(root).map_err(|source| StoreError::Io {
             store,
             operation: "open",
             path: root.display().to_string(),
@@ -118,22 +138,27 @@ impl LocalStore {
 
     fn get_blocking(&self, path: &ObjectPath, limit: u64) -> Result<GetResult, StoreError> {
         use std::os::unix::fs::OpenOptionsExt;
-        // Objects are regular files: a symlink in their place (planted, or left by a tool) is
-        // refused rather than followed out of the store, as `head` and `list` do not count it.
+        // Objects are regular files. A symlink in their place (planted, or left by a tool) is
+        // not followed out of the store, and a FIFO is opened without blocking, so neither can
+        // hang or redirect a read: both are reported as damage naming the object.
+        let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
         let opened = std::fs::OpenOptions::new()
             .read(true)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits().cast_signed())
+            .custom_flags(flags.bits().cast_signed())
             .open(self.file(path));
         let mut file = match opened {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(StoreError::NotFound { store: self.location(), path: path.to_string() });
             }
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+                return Err(self.not_regular(path, "a symbolic link"));
+            }
             Err(e) => return Err(self.io_error("open", path)(e)),
         };
         let meta = file.metadata().map_err(self.io_error("stat", path))?;
         if !meta.is_file() {
-            return Err(StoreError::NotFound { store: self.location(), path: path.to_string() });
+            return Err(self.not_regular(path, kind_of(&meta)));
         }
         if meta.len() > limit {
             return Err(StoreError::TooLarge {
@@ -169,10 +194,16 @@ impl LocalStore {
         }
     }
 
+    fn not_regular(&self, path: &ObjectPath, what: &'static str) -> StoreError {
+        StoreError::NotRegular { store: self.location(), path: path.to_string(), what }
+    }
+
     fn head_blocking(&self, path: &ObjectPath) -> Result<Option<ObjectMeta>, StoreError> {
         match std::fs::symlink_metadata(self.file(path)) {
             Ok(meta) if meta.is_file() => Ok(Some(Self::meta_of(path.clone(), &meta))),
-            Ok(_) => Ok(None),
+            // A directory is a level of the layout, not an object; anything else is damage.
+            Ok(meta) if meta.is_dir() => Ok(None),
+            Ok(meta) => Err(self.not_regular(path, kind_of(&meta))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(self.io_error("stat", path)(e)),
         }
@@ -216,9 +247,8 @@ impl LocalStore {
                     stack.push(full);
                     continue;
                 }
-                if !file_type.is_file() {
-                    continue;
-                }
+                // Anything else at an object's path is listed, so that whoever reads it next
+                // reports it as damage rather than the object silently not existing.
                 let Some(rel) = full.strip_prefix(&self.root).ok().and_then(Path::to_str) else { continue };
                 if !rel.starts_with(prefix) {
                     continue;
@@ -248,6 +278,25 @@ impl LocalStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(self.io_error("delete", path)(e)),
         }
+    }
+}
+
+/// What a file that is not regular is, for messages.
+fn kind_of(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_block_device() || t.is_char_device() {
+        "a device"
+    } else if t.is_dir() {
+        "a directory"
+    } else {
+        "not a file"
     }
 }
 

@@ -16,6 +16,8 @@ use crate::layout::ObjectPath;
 pub struct MemoryStore {
     objects: Mutex<BTreeMap<ObjectPath, Stored>>,
     next_etag: AtomicU64,
+    /// Told apart in its location, for tests with several stores.
+    name: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -28,6 +30,11 @@ struct Stored {
 impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A memory store whose location says `name`.
+    pub fn named(name: &str) -> Self {
+        Self { name: Some(name.to_owned()), ..Self::default() }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<ObjectPath, Stored>> {
@@ -47,7 +54,10 @@ impl MemoryStore {
 #[async_trait]
 impl Store for MemoryStore {
     fn location(&self) -> String {
-        "memory store".to_owned()
+        match &self.name {
+            Some(name) => format!("memory store `{name}`"),
+            None => "memory store".to_owned(),
+        }
     }
 
     async fn put(&self, path: &ObjectPath, data: Bytes, mode: PutMode) -> Result<PutOutcome, StoreError> {

@@ -91,6 +91,9 @@ pub enum StoreError {
     Conflict { store: String, path: String },
     #[error("`{path}` in {store} is {size} bytes, more than the {limit} bytes allowed for it")]
     TooLarge { store: String, path: String, size: u64, limit: u64 },
+    /// Something other than a regular file sits where an object should be (a directory store).
+    #[error("`{path}` in {store} is {what}, not a regular file: the store is damaged there")]
+    NotRegular { store: String, path: String, what: &'static str },
     #[error(transparent)]
     InvalidPath(#[from] InvalidPath),
     #[error("{store}: cannot {operation} `{path}`: {source}")]
@@ -123,6 +126,12 @@ impl StoreError {
         matches!(self, StoreError::NotFound { .. })
     }
 
+    /// Whether the object itself is bad (too large, not a file): damage to report about that
+    /// object, not a failure of the store that should stop a store-wide command.
+    pub fn is_damage(&self) -> bool {
+        matches!(self, StoreError::TooLarge { .. } | StoreError::NotRegular { .. })
+    }
+
     /// Whether the same request may succeed if tried again.
     pub fn is_retryable(&self) -> bool {
         match self {
@@ -153,6 +162,13 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Reads the whole object at `path`. Objects over `limit` bytes are refused with
     /// [`StoreError::TooLarge`] before their contents are read.
     async fn get(&self, path: &ObjectPath, limit: u64) -> Result<GetResult, StoreError>;
+
+    /// Reads the object from the store itself, past any local copy a decorator keeps: for
+    /// checks that must see what the store holds (`verify --read-data`). The default is
+    /// [`get`](Store::get), right for every store without copies.
+    async fn get_uncached(&self, path: &ObjectPath, limit: u64) -> Result<GetResult, StoreError> {
+        self.get(path, limit).await
+    }
 
     /// The object's metadata, or `None` if nothing is at `path`.
     async fn head(&self, path: &ObjectPath) -> Result<Option<ObjectMeta>, StoreError>;
@@ -188,6 +204,9 @@ impl<T: Store + ?Sized> Store for Arc<T> {
     }
     async fn get(&self, path: &ObjectPath, limit: u64) -> Result<GetResult, StoreError> {
         (**self).get(path, limit).await
+    }
+    async fn get_uncached(&self, path: &ObjectPath, limit: u64) -> Result<GetResult, StoreError> {
+        (**self).get_uncached(path, limit).await
     }
     async fn head(&self, path: &ObjectPath) -> Result<Option<ObjectMeta>, StoreError> {
         (**self).head(path).await

@@ -23,6 +23,8 @@ pub struct OpenOptions {
     pub retry: RetryPolicy,
     /// Use an S3 server that ignores `If-None-Match` anyway.
     pub allow_unconditional_writes: bool,
+    /// Create a local store that does not exist yet (writers); readers want an error instead.
+    pub create: bool,
     #[cfg(feature = "s3")]
     pub s3: super::s3::S3Options,
     #[cfg(feature = "http")]
@@ -36,6 +38,7 @@ impl Default for OpenOptions {
             cache_max_bytes: 10 * 1024 * 1024 * 1024,
             retry: RetryPolicy::default(),
             allow_unconditional_writes: false,
+            create: true,
             #[cfg(feature = "s3")]
             s3: super::s3::S3Options::default(),
             #[cfg(feature = "http")]
@@ -50,8 +53,11 @@ pub fn is_remote(location: &str) -> bool {
 }
 
 pub async fn open(location: &str, options: &OpenOptions) -> Result<Arc<dyn Store>, StoreError> {
+    let local = |path: &str| {
+        if options.create { LocalStore::open(path) } else { LocalStore::open_existing(path) }
+    };
     if let Some(path) = location.strip_prefix("file://") {
-        return Ok(Arc::new(LocalStore::open(path)?));
+        return Ok(Arc::new(local(path)?));
     }
     if location.starts_with("s3://") {
         return open_s3(location, options).await;
@@ -68,14 +74,14 @@ pub async fn open(location: &str, options: &OpenOptions) -> Result<Arc<dyn Store
             ),
         });
     }
-    Ok(Arc::new(LocalStore::open(location)?))
+    Ok(Arc::new(local(location)?))
 }
 
 /// Adds the retry and cache layers a remote store needs.
 pub fn decorate<S: Store + 'static>(remote: S, options: &OpenOptions) -> Arc<dyn Store> {
     let retrying = Retrying::new(remote, options.retry);
     match &options.cache_dir {
-        Some(dir) => Arc::new(Cached::new(retrying, dir.clone(), options.cache_max_bytes)),
+        Some(dir) => Arc::new(Cached::new(retrying, dir, options.cache_max_bytes)),
         None => Arc::new(retrying),
     }
 }

@@ -29,6 +29,12 @@ pub enum TarError {
     Io(#[from] std::io::Error),
     #[error("the tar stream ends early, inside {context} (at byte {offset})")]
     Truncated { offset: u64, context: String },
+    #[error(
+        "the tar stream ends at byte {offset} without its end-of-archive marker: it was cut short (an export or a download that stopped?), so nothing was stored"
+    )]
+    NoEndMarker { offset: u64 },
+    #[error("the tar stream holds no entries: there is no file system in it")]
+    Empty,
     #[error("the tar header at byte {offset} is damaged: its checksum does not match")]
     BadChecksum { offset: u64 },
     #[error("the tar header at byte {offset} has an invalid `{field}` field: {detail}")]

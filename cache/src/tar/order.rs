@@ -89,6 +89,10 @@ pub fn reorder<R: Read>(input: R, spill_dir: &std::path::Path) -> Result<Reorder
                 entry.data_offset + entry.size + (BLOCK as u64 - entry.size % BLOCK as u64) % BLOCK as u64;
             index.push((canonical_key(&entry.path), entry.offset, end));
         }
+        // The replay ends with a marker of its own; the input must have had one.
+        if !reader.saw_end_marker() {
+            return Err(TarError::NoEndMarker { offset: reader.position() });
+        }
         reader.drain()?;
     }
     let entries = index.len();

@@ -89,6 +89,8 @@ pub struct TarReader<R> {
     /// Path of the current entry, for messages.
     current: Vec<u8>,
     ended: bool,
+    /// Whether the end-of-archive marker was read (not just the end of the input).
+    marked: bool,
     limits: Limits,
     scratch: Box<[u8]>,
 }
@@ -116,9 +118,17 @@ impl<R: Read> TarReader<R> {
             padding: 0,
             current: Vec::new(),
             ended: false,
+            marked: false,
             limits,
             scratch: vec![0; 64 * 1024].into_boxed_slice(),
         }
+    }
+
+    /// Whether the stream ended with its end-of-archive marker, rather than simply stopping at
+    /// an entry boundary: a stream cut short (an export that died, a truncated file) ends
+    /// without one.
+    pub fn saw_end_marker(&self) -> bool {
+        self.marked
     }
 
     /// Bytes consumed from the underlying reader so far.
@@ -162,6 +172,7 @@ impl<R: Read> TarReader<R> {
                 // The end marker is two zero blocks; a single one is accepted as the end too.
                 let _ = self.read_block()?;
                 self.ended = true;
+                self.marked = true;
                 return Ok(None);
             }
             first_offset.get_or_insert(offset);

@@ -28,7 +28,7 @@ async fn retrying_memory_store_conforms() {
 async fn cached_memory_store_conforms() {
     use envbuild_cache::store::cached::Cached;
     let cache = tempfile::tempdir().unwrap();
-    let store = Cached::new(MemoryStore::new(), cache.path().to_path_buf(), 64 << 20);
+    let store = Cached::new(MemoryStore::new(), cache.path(), 64 << 20);
     conformance::run_all(Arc::new(store), Options::default()).await;
 }
 
@@ -37,10 +37,7 @@ async fn cached_retrying_memory_store_conforms() {
     use envbuild_cache::store::cached::Cached;
     use envbuild_cache::store::retry::{RetryPolicy, Retrying};
     let cache = tempfile::tempdir().unwrap();
-    let store = Cached::new(
-        Retrying::new(MemoryStore::new(), RetryPolicy::default()),
-        cache.path().to_path_buf(),
-        64 << 20,
-    );
+    let store =
+        Cached::new(Retrying::new(MemoryStore::new(), RetryPolicy::default()), cache.path(), 64 << 20);
     conformance::run_all(Arc::new(store), Options::default()).await;
 }

@@ -32,7 +32,8 @@ async fn assert_contained(name: &str, entries: Vec<RawEntry>, expect: &str) {
     std::fs::create_dir_all(arena.join("outside")).unwrap();
     std::fs::write(arena.join("victim"), b"original").unwrap();
     let before = listing(&arena);
-    let report = import(&store, write_tar(&entries)).await;
+    // Import refuses such names; a hostile writer (or an older envbuild) could still store them.
+    let report = super::import_unchecked(&store, write_tar(&entries)).await;
     let target = arena.join("restore");
     let err = fetch_dir(&store, &report.id, &target).await.expect_err(name);
     let message = err.to_string();
@@ -159,4 +160,46 @@ async fn garbage_is_not_a_tar() {
         envbuild_cache::catalog::list_snapshots(&*store).await.unwrap().is_empty(),
         "nothing may be published"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_cut_at_an_entry_boundary_or_empty_is_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let store = local_store(&work.path().join("store"));
+    let entries: Vec<RawEntry> =
+        (0..8).map(|i| RawEntry::file(&format!("f{i}"), &super::noise(4096 * (i + 1), i as u64))).collect();
+    let whole = write_tar(&entries);
+    // Cut exactly after the fourth entry's data: every header so far is whole, but the rest
+    // of the file system (and the end marker) is missing.
+    let cut = whole.len() - 1024 - (5..=8).map(|i| 512 + 4096 * i).sum::<usize>();
+    let err = super::try_import(&store, whole[..cut].to_vec()).await.unwrap_err();
+    assert!(err.to_string().contains("without its end-of-archive marker"), "{err}");
+    let err = super::try_import(&store, Vec::new()).await.unwrap_err();
+    assert!(err.to_string().contains("end-of-archive marker"), "empty input: {err}");
+    let err = super::try_import(&store, vec![0; 1024]).await.unwrap_err();
+    assert!(err.to_string().contains("holds no entries"), "{err}");
+    // Out of canonical order and cut short: the reordering path refuses it too.
+    let mut reversed = entries.clone();
+    reversed.reverse();
+    let whole = write_tar(&reversed);
+    let err = super::try_import(&store, whole[..whole.len() - 1024].to_vec()).await.unwrap_err();
+    assert!(err.to_string().contains("end-of-archive marker"), "{err}");
+    assert!(envbuild_cache::catalog::list_snapshots(&*store).await.unwrap().is_empty(), "nothing published");
+    super::import(&store, write_tar(&entries)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn names_that_leave_the_root_are_refused_at_import() {
+    let work = tempfile::tempdir().unwrap();
+    let store = local_store(&work.path().join("store"));
+    for (entries, expect) in [
+        (vec![RawEntry::file("../victim", b"x")], "`..` component"),
+        (vec![RawEntry::dir("a/"), RawEntry::file("a/../../b", b"x")], "`..` component"),
+        (vec![RawEntry::file("/etc/passwd", b"x")], "absolute path"),
+        (vec![RawEntry::file("a", b"x"), RawEntry::hardlink("b", "../../etc/shadow")], "hard link's target"),
+    ] {
+        let err = super::try_import(&store, write_tar(&entries)).await.unwrap_err();
+        assert!(err.to_string().contains(expect), "{entries:?}: {err}");
+    }
+    assert!(envbuild_cache::catalog::list_snapshots(&*store).await.unwrap().is_empty(), "nothing published");
 }

@@ -104,7 +104,8 @@ async fn a_chunk_replaced_by_a_symlink_is_not_followed() {
     assert!(!err.is_not_found(), "a symlink is not a miss: {err}");
     let err = fetch_bytes(&store, &report.id).await.unwrap_err();
     assert!(err.to_string().contains(&victim.hex()), "{err}");
-    assert!(store.head(&layout::chunk(&victim)).await.unwrap().is_none());
+    let err = store.head(&layout::chunk(&victim)).await.unwrap_err();
+    assert!(err.is_damage() && err.to_string().contains("symbolic link"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -39,6 +39,15 @@ pub async fn try_import(store: &Arc<dyn Store>, tar: Vec<u8>) -> Result<IngestRe
         .await
 }
 
+/// Stores `tar` as a hostile writer could, names that leave the root included: for tests of
+/// what readers do with such a snapshot.
+pub async fn import_unchecked(store: &Arc<dyn Store>, tar: Vec<u8>) -> IngestReport {
+    let options = IngestOptions { unchecked_paths: true, ..IngestOptions::default() };
+    ingest::ingest(store.clone(), Box::new(std::io::Cursor::new(tar)), options, Arc::new(Progress::default()))
+        .await
+        .unwrap()
+}
+
 pub async fn fetch_dir(store: &Arc<dyn Store>, id: &SnapshotId, dir: &Path) -> Result<ExtractReport> {
     let manifest = restore::read_manifest(&**store, id).await?;
     restore::fetch_to_dir(

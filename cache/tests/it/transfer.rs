@@ -172,6 +172,56 @@ async fn concurrent_pushes_both_succeed_and_store_one_copy() {
     assert_eq!(problems(&remote).await, 0);
 }
 
+/// The cache's copy of the object named `name`, wherever under `dir` it is.
+fn cached_copy(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(dir).ok()?.flatten() {
+            if entry.file_type().ok()?.is_dir() {
+                stack.push(entry.path());
+            } else if entry.file_name() == name {
+                return Some(entry.path());
+            }
+        }
+    }
+    None
+}
+
+/// Two stores behind one cache directory never answer for each other, and `verify
+/// --read-data` reads the store, not the cache: a chunk deleted and another damaged in the
+/// store are found with the cache warm.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_warm_cache_answers_for_no_other_store_and_never_for_verify() {
+    let cache_dir = tempfile::tempdir().unwrap();
+    let local: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let report = import(&local, image(false)).await;
+    let first = Arc::new(MemoryStore::named("first"));
+    copy(&local, &(first.clone() as Arc<dyn Store>), &report.id).await.unwrap();
+    let cached: Arc<dyn Store> = Arc::new(Cached::new(first.clone(), cache_dir.path(), 1 << 30));
+    assert_eq!(fetch_bytes(&cached, &report.id).await.unwrap(), image(false), "the cache is warm");
+    // Another store with the same manifest but none of the chunks: the cache does not fill in.
+    let second = Arc::new(MemoryStore::named("second"));
+    let manifest_path = layout::snapshot(&report.id);
+    let manifest_bytes = local.get(&manifest_path, u64::MAX).await.unwrap().bytes;
+    second.put(&manifest_path, manifest_bytes, envbuild_cache::store::PutMode::Create).await.unwrap();
+    let other: Arc<dyn Store> = Arc::new(Cached::new(second, cache_dir.path(), 1 << 30));
+    assert!(fetch_bytes(&other, &report.id).await.is_err(), "another store's chunks came from the cache");
+    // Damage in the first store: one chunk deleted, another flipped.
+    let manifest = restore::read_manifest(&*local, &report.id).await.unwrap();
+    let (gone, flipped) = (manifest.chunks[0], manifest.chunks[1]);
+    first.delete(&layout::chunk(&gone.digest)).await.unwrap();
+    let path = layout::chunk(&flipped.digest);
+    let mut bytes = first.get(&path, u64::MAX).await.unwrap().bytes.to_vec();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    first.put(&path, bytes.into(), envbuild_cache::store::PutMode::Overwrite).await.unwrap();
+    let verified =
+        envbuild_cache::verify::verify(&cached, &[], true, 4, &Arc::new(Progress::default())).await.unwrap();
+    let damaged: Vec<&str> = verified.problems.iter().map(|p| p.object.as_str()).collect();
+    assert!(damaged.contains(&format!("chunk {}", gone.digest).as_str()), "{damaged:?}");
+    assert!(damaged.contains(&format!("chunk {}", flipped.digest).as_str()), "{damaged:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_chunk_cache_downloads_each_chunk_once() {
     let remote = Arc::new(Counting::new(MemoryStore::new()));
@@ -179,8 +229,7 @@ async fn the_chunk_cache_downloads_each_chunk_once() {
     let report = import(&local, image(false)).await;
     copy(&local, &(remote.clone() as Arc<dyn Store>), &report.id).await.unwrap();
     let cache_dir = tempfile::tempdir().unwrap();
-    let cached: Arc<dyn Store> =
-        Arc::new(Cached::new(remote.clone(), cache_dir.path().to_path_buf(), 1 << 30));
+    let cached: Arc<dyn Store> = Arc::new(Cached::new(remote.clone(), cache_dir.path(), 1 << 30));
     let manifest = restore::read_manifest(&*cached, &report.id).await.unwrap();
 
     // Sixteen concurrent readers of one chunk: one download.
@@ -204,7 +253,7 @@ async fn the_chunk_cache_downloads_each_chunk_once() {
     assert_eq!(remote.with(|c| c.get_bytes), after_first, "the second fetch downloaded again");
 
     // A damaged cached copy is dropped and read again from the remote.
-    let cached_file = cache_dir.path().join(layout::chunk(&chunk.digest).as_str());
+    let cached_file = cached_copy(cache_dir.path(), &chunk.digest.hex()).unwrap();
     let mut bytes = std::fs::read(&cached_file).unwrap();
     bytes[10] ^= 0xff;
     std::fs::write(&cached_file, bytes).unwrap();
@@ -219,15 +268,17 @@ async fn the_chunk_cache_stays_within_its_bound() {
     copy(&local, &(remote.clone() as Arc<dyn Store>), &report.id).await.unwrap();
     let cache_dir = tempfile::tempdir().unwrap();
     let limit = 8 * 1024 * 1024;
-    let cached: Arc<dyn Store> = Arc::new(Cached::new(remote, cache_dir.path().to_path_buf(), limit));
+    let cached: Arc<dyn Store> = Arc::new(Cached::new(remote, cache_dir.path(), limit));
     assert_eq!(fetch_bytes(&cached, &report.id).await.unwrap(), image(false));
     let mut total = 0;
-    let mut stack = vec![cache_dir.path().join("v1")];
+    let mut stack = vec![cache_dir.path().to_path_buf()];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(dir).unwrap() {
             let entry = entry.unwrap();
             if entry.file_type().unwrap().is_dir() {
-                stack.push(entry.path());
+                if entry.file_name() != "locks" {
+                    stack.push(entry.path());
+                }
             } else {
                 total += entry.metadata().unwrap().len();
             }

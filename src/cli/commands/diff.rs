@@ -14,7 +14,7 @@ pub async fn run(
     args: &DiffArgs,
     cancel: &CancellationToken,
 ) -> anyhow::Result<ExitCode> {
-    let session = cli::session(global, cancel).await?;
+    let session = cli::reading_session(global, cancel).await?;
     let store = session.store.clone();
     let (old_id, old) = envbuild::snapshots::find(&*store, &args.old).await?;
     let (new_id, new) = envbuild::snapshots::find(&*store, &args.new).await?;

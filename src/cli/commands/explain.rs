@@ -12,7 +12,7 @@ pub async fn run(
     args: &ExplainArgs,
     cancel: &CancellationToken,
 ) -> anyhow::Result<ExitCode> {
-    let session = cli::session(global, cancel).await?;
+    let session = cli::reading_session(global, cancel).await?;
     let repo = crate::cli::commands::build::repo_options(&args.repo)?;
     let explanation = build::explain(&session, &args.a, args.b.as_deref(), &repo).await?;
     let (a, b, differences) = (&explanation.a, &explanation.b, &explanation.differences);

@@ -17,7 +17,7 @@ pub async fn run(
     args: &FetchArgs,
     cancel: &CancellationToken,
 ) -> anyhow::Result<ExitCode> {
-    let session = cli::session(global, cancel).await?;
+    let session = cli::reading_session(global, cancel).await?;
     let store = session.store.clone();
     let (id, manifest) = envbuild::snapshots::find(&*store, &args.snapshot).await?;
     let started = Instant::now();

@@ -10,7 +10,7 @@ use crate::cli::{self, GcArgs, GlobalArgs, output, ui};
 use envbuild::format;
 
 pub async fn run(global: &GlobalArgs, args: &GcArgs, cancel: &CancellationToken) -> anyhow::Result<ExitCode> {
-    let session = cli::session(global, cancel).await?;
+    let session = cli::reading_session(global, cancel).await?;
     let store = session.store.clone();
     let options = GcOptions { grace: args.grace, dry_run: args.dry_run, concurrency: session.jobs };
     let report = gc::gc(&store, options).await?;
@@ -35,6 +35,7 @@ pub async fn run(global: &GlobalArgs, args: &GcArgs, cancel: &CancellationToken)
             "removed_leases": report.removed_leases,
             "removed_uploads": report.removed_uploads,
             "removed_package_caches": caches,
+            "damaged": report.damaged.iter().map(|(id, why)| serde_json::json!({"id": id, "damage": why})).collect::<Vec<_>>(),
         }))?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -50,6 +51,11 @@ pub async fn run(global: &GlobalArgs, args: &GcArgs, cancel: &CancellationToken)
         report.young_chunks,
         humantime::format_duration(args.grace),
     ));
+    for (_, damage) in &report.damaged {
+        ui::eprint_line(format!(
+            "warning: {damage}; left in place (`envbuild rm` removes it, a push from another store repairs it)"
+        ));
+    }
     if !caches.is_empty() {
         ui::eprint_line(format!(
             "  {verb} {} package-manager cache volume(s): {}",

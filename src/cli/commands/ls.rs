@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::{self, GlobalArgs, LsArgs, output, ui};
 
 pub async fn run(global: &GlobalArgs, args: &LsArgs, cancel: &CancellationToken) -> anyhow::Result<ExitCode> {
-    let session = cli::session(global, cancel).await?;
+    let session = cli::reading_session(global, cancel).await?;
     let rows = snapshots::list(&session).await?;
     if args.json {
         output::json(&rows)?;
@@ -20,6 +20,13 @@ pub async fn run(global: &GlobalArgs, args: &LsArgs, cancel: &CancellationToken)
     }
     output::line(format!("{:<71}  {:>10}  {:>10}  {:>8}  CREATED", "SNAPSHOT", "SIZE", "STORED", "ENTRIES"))?;
     for row in &rows {
+        if let Some(damage) = &row.damage {
+            output::line(format!("{:<71}  damaged  {}", row.id.to_string(), format::age(row.created)))?;
+            ui::eprint_line(format!(
+                "warning: {damage}\nhint: `envbuild verify` checks the store; `envbuild rm` removes a snapshot"
+            ));
+            continue;
+        }
         output::line(format!(
             "{:<71}  {:>10}  {:>10}  {:>8}  {}",
             row.id.to_string(),

@@ -16,7 +16,7 @@ pub async fn run(
     args: &VerifyArgs,
     cancel: &CancellationToken,
 ) -> anyhow::Result<ExitCode> {
-    let session = cli::session(global, cancel).await?;
+    let session = cli::reading_session(global, cancel).await?;
     let store = session.store.clone();
     let mut ids = Vec::new();
     for query in &args.snapshots {
