@@ -1,10 +1,12 @@
 //! Snapshots in the formats other tools take: a Docker image (`fetch --docker`), the tar
 //! stream in a file (`fetch --tar`), an OCI image layout (`fetch --oci`) and an ext4 disk image
-//! (`fetch --ext4`). Files and directories are written beside their destination and renamed
-//! into place when complete, so a failure leaves nothing there.
+//! (`fetch --ext4`). Files and directories are written beside their destination (staging
+//! guards: removed on failure, interrupt or crash, see `envbuild_cache::staging`) and renamed
+//! into place when complete, so a failure leaves nothing there. A destination that exists is
+//! refused unless `force`, which replaces it once the new one is complete.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
@@ -12,25 +14,34 @@ use envbuild_builder::{oci, pipeline};
 use envbuild_cache::extract::ExtractOptions;
 use envbuild_cache::ingest::Progress;
 use envbuild_cache::manifest::Manifest;
+use envbuild_cache::staging::Staged;
 use envbuild_cache::{SnapshotId, Store, restore};
 
 use crate::error::{Error, Result, ResultExt};
 use crate::session::Session;
 use crate::{bridge, build};
 
-/// The directory `target` goes into.
-fn parent_of(target: &Path) -> &Path {
-    target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
+/// Refuses a destination that exists, unless `force`.
+fn vacant(target: &Path, force: bool) -> Result<()> {
+    if !force && std::fs::symlink_metadata(target).is_ok() {
+        return Err(Error::Failed(format!(
+            "`{}` exists already\nhint: pass --force to replace it",
+            target.display()
+        )));
+    }
+    Ok(())
 }
 
 /// A private directory beside `target`, for building it.
-fn staging_beside(target: &Path) -> Result<tempfile::TempDir> {
-    let parent = parent_of(target);
-    std::fs::create_dir_all(parent).map_err(Error::io(format!("cannot create `{}`", parent.display())))?;
-    tempfile::Builder::new()
-        .prefix(".envbuild-export-")
-        .tempdir_in(parent)
-        .map_err(Error::io(format!("cannot create a directory in `{}`", parent.display())))
+fn staging_dir(target: &Path) -> Result<Staged> {
+    Staged::dir_beside(target)
+        .map_err(Error::io(format!("cannot create a staging directory beside `{}`", target.display())))
+}
+
+/// Puts `staged` at `target`, replacing what is there.
+fn install(staged: Staged, target: &Path) -> Result<()> {
+    restore::put_in_place(staged, target)
+        .map_err(Error::io(format!("cannot move it into `{}`", target.display())))
 }
 
 /// Loads snapshot `id` into the Docker engine as the image `repo_tag`, with its OCI
@@ -56,46 +67,49 @@ pub async fn tar_file(
     store: Arc<dyn Store>,
     manifest: &Manifest,
     path: &Path,
+    force: bool,
     jobs: usize,
     counters: Arc<Progress>,
 ) -> Result<()> {
-    let dir = parent_of(path);
-    let partial = tempfile::Builder::new()
-        .prefix(".envbuild-fetch-")
-        .tempfile_in(dir)
-        .map_err(Error::io(format!("cannot create a file in `{}`", dir.display())))?;
-    let file = partial.reopen().map_err(Error::io("cannot open the temporary file"))?;
+    vacant(path, force)?;
+    let (staged, file) = Staged::file_beside(path)
+        .map_err(Error::io(format!("cannot create a file beside `{}`", path.display())))?;
     restore::write_tar(store, manifest, file, jobs, counters).await?;
-    partial
-        .persist(path)
-        .map_err(|e| Error::io(format!("cannot move the tar into `{}`", path.display()))(e.error))?;
-    Ok(())
+    install(staged, path)
 }
 
-/// Writes the snapshot as an OCI image layout at `dir` (which must not exist).
+/// Writes the snapshot as an OCI image layout at `dir` (which must not exist, unless `force`).
 pub async fn oci_layout(
     store: Arc<dyn Store>,
     manifest: &Manifest,
     dir: &Path,
     reference: &str,
+    force: bool,
     jobs: usize,
 ) -> Result<oci::Layout> {
-    if dir.exists() {
-        return Err(Error::Failed(format!(
-            "`{}` exists already; the OCI layout goes into a new directory",
-            dir.display()
-        )));
-    }
-    let staging = staging_beside(dir)?;
+    vacant(dir, force)?;
+    let staging = staging_dir(dir)?;
     let config = build::image_config(manifest)?;
-    let mut reader = bridge::stream_reader(bridge::snapshot_stream(store, manifest, jobs));
+    // The layer is stored as it is, and checked as it passes: a snapshot whose stream is not a
+    // whole tar (only a hostile writer makes one) yields no layout.
+    let (mut reader, checker) =
+        envbuild_cache::tar::checked(bridge::stream_reader(bridge::snapshot_stream(store, manifest, jobs)));
     let (root, reference) = (staging.path().to_path_buf(), reference.to_owned());
-    let layout =
-        tokio::task::spawn_blocking(move || oci::write_layout(&root, &mut reader, &config, &reference))
-            .await
-            .map_err(|e| Error::Failed(format!("writing the OCI layout stopped: {e}")))??;
-    std::fs::rename(staging.keep(), dir)
-        .map_err(Error::io(format!("cannot move the layout into `{}`", dir.display())))?;
+    let layout = tokio::task::spawn_blocking(move || {
+        let written = oci::write_layout(&root, &mut reader, &config, &reference);
+        drop(reader);
+        (written, checker.finish())
+    })
+    .await
+    .map_err(|e| Error::Failed(format!("writing the OCI layout stopped: {e}")))?;
+    let layout = match layout {
+        (Ok(layout), Ok(_)) => layout,
+        (Err(e), _) => return Err(e.into()),
+        (Ok(_), Err(e)) => {
+            return Err(Error::Failed(format!("the snapshot's stream is not a whole file system: {e}")));
+        }
+    };
+    install(staging, dir)?;
     Ok(layout)
 }
 
@@ -128,8 +142,10 @@ pub async fn ext4(
     manifest: &Manifest,
     file: &Path,
     headroom: u32,
+    force: bool,
     jobs: usize,
 ) -> Result<u64> {
+    vacant(file, force)?;
     let mkfs = ["mkfs.ext4", "/sbin/mkfs.ext4", "/usr/sbin/mkfs.ext4"]
         .into_iter()
         .find(|p| Command::new(p).arg("-V").output().is_ok())
@@ -138,7 +154,7 @@ pub async fn ext4(
                 "mkfs.ext4 is not installed\nhint: install e2fsprogs (`apt-get install e2fsprogs`)".into(),
             )
         })?;
-    let staging = staging_beside(file)?;
+    let staging = staging_dir(file)?;
     let tree = staging.path().join("rootfs");
     restore::fetch_to_dir(
         store,
@@ -154,23 +170,23 @@ pub async fn ext4(
     // Metadata (inode tables at 256 bytes, bitmaps, the journal) on top of the data, then the
     // headroom; mkfs is asked again with more room if the estimate falls short.
     let mut size = (bytes + inodes * 256) * (100 + u64::from(headroom)) / 100 + 32 * 1024 * 1024;
-    let image: PathBuf = staging.path().join("disk.ext4");
+    let (image, _) = Staged::file_beside(file)
+        .map_err(Error::io(format!("cannot create a file beside `{}`", file.display())))?;
     for attempt in 0..4 {
         size = size.div_ceil(1 << 20) << 20;
-        let f = std::fs::File::create(&image)
-            .map_err(Error::io(format!("cannot create `{}`", image.display())))?;
+        let f = std::fs::File::create(image.path())
+            .map_err(Error::io(format!("cannot create `{}`", image.path().display())))?;
         f.set_len(size).map_err(Error::io("cannot size the disk image"))?;
         drop(f);
         let inode_count = (inodes + inodes / 5 + 1024).to_string();
         let out = Command::new(mkfs)
             .args(["-q", "-F", "-L", "envbuild", "-N", &inode_count, "-d"])
             .arg(&tree)
-            .arg(&image)
+            .arg(image.path())
             .output()
             .map_err(Error::io("cannot run mkfs.ext4"))?;
         if out.status.success() {
-            std::fs::rename(&image, file)
-                .map_err(Error::io(format!("cannot move the disk image to `{}`", file.display())))?;
+            install(image, file)?;
             return Ok(size);
         }
         let stderr = String::from_utf8_lossy(&out.stderr);

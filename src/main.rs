@@ -43,25 +43,30 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
-    // Ctrl-C cancels the workflow, which removes what it created and returns `Interrupted`.
+    // Ctrl-C and SIGTERM cancel the workflow, which removes what it created and returns
+    // `Interrupted`; what a fetch stages beside its target is noted in a journal, so `gc`
+    // removes what a process killed outright leaves.
     let cancel = CancellationToken::new();
     let on_signal = cancel.clone();
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            on_signal.cancel();
-        }
+        interrupt().await;
+        on_signal.cancel();
     });
+    envbuild_cache::staging::set_journal(envbuild::store::default_location().join("staging"));
     let global = &cli.global;
+    // Commands without cleanup of their own stop where they are: dropping their future drops
+    // their staging guards, which remove what they wrote.
+    let stoppable = |work| cancellable(&cancel, work);
     match &cli.command {
         Command::Validate(args) => commands::validate::run(args),
         Command::Schema => commands::schema::run(),
         Command::Init(args) => commands::init::run(args),
-        Command::Import(args) => commands::import::run(global, args, &cancel).await,
-        Command::Fetch(args) => commands::fetch::run(global, args, &cancel).await,
+        Command::Import(args) => stoppable(Box::pin(commands::import::run(global, args, &cancel))).await,
+        Command::Fetch(args) => stoppable(Box::pin(commands::fetch::run(global, args, &cancel))).await,
         Command::Ls(args) => commands::ls::run(global, args, &cancel).await,
         Command::Inspect(args) => commands::inspect::run(global, args, &cancel).await,
         Command::Diff(args) => commands::diff::run(global, args, &cancel).await,
-        Command::Verify(args) => commands::verify::run(global, args, &cancel).await,
+        Command::Verify(args) => stoppable(Box::pin(commands::verify::run(global, args, &cancel))).await,
         Command::Gc(args) => commands::gc::run(global, args, &cancel).await,
         Command::Build(args) => commands::build::run(global, args, &cancel).await,
         Command::Key(args) => commands::key::run(global, args, &cancel).await,
@@ -75,6 +80,32 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Pull(args) => commands::transfer::pull(global, args, &cancel).await,
         Command::Serve(args) => commands::serve::run(global, args).await,
         Command::Token(command) => commands::serve::token(command),
+    }
+}
+
+/// The first of Ctrl-C (SIGINT) and SIGTERM.
+async fn interrupt() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
+
+type Work<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<ExitCode>> + 'a>>;
+
+/// `work`, or `Interrupted` as soon as `cancel` fires (dropping `work` first).
+async fn cancellable(cancel: &CancellationToken, work: Work<'_>) -> anyhow::Result<ExitCode> {
+    tokio::select! {
+        result = work => result,
+        () = cancel.cancelled() => Err(envbuild::Error::Interrupted.into()),
     }
 }
 

@@ -114,6 +114,7 @@ pub async fn fetch_to_dir(
     id: &SnapshotId,
     manifest: &Manifest,
     dir: &Path,
+    force: bool,
 ) -> Result<ExtractReport> {
     let counters = Arc::new(Progress::default());
     let _bar = session.reporter.progress("fetching", &counters);
@@ -121,10 +122,10 @@ pub async fn fetch_to_dir(
         session.store.clone(),
         manifest,
         dir,
-        ExtractOptions::default(),
+        ExtractOptions { replace: force, ..ExtractOptions::default() },
         session.jobs,
         counters,
     )
     .await
-    .with_context(|| format!("cannot restore snapshot {id} into `{}`", dir.display()))
+    .with_context(|| format!("cannot restore snapshot {id}"))
 }

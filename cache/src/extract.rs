@@ -46,13 +46,16 @@ pub struct ExtractOptions {
     pub same_owner: bool,
     /// Create device nodes (needs root); otherwise they are skipped with a warning.
     pub devices: bool,
+    /// `restore::fetch_to_dir`: replace a target that exists and is not an empty directory
+    /// (`--force`), once the new tree is complete.
+    pub replace: bool,
 }
 
 impl Default for ExtractOptions {
     /// Owners and devices when running as root, as `tar` does.
     fn default() -> Self {
         let root = rustix::process::geteuid().is_root();
-        Self { same_owner: root, devices: root }
+        Self { same_owner: root, devices: root, replace: false }
     }
 }
 

@@ -16,7 +16,8 @@
 //! - [`manifest`]: format v1, canonical encoding, bounded decoding.
 //! - [`ingest`]: stream in, snapshot out. [`splice`]: a snapshot as its parent plus what
 //!   changed. [`restore`]: snapshot out as a stream or a tree.
-//! - [`extract`]: safe extraction into a directory.
+//! - [`extract`]: safe extraction into a directory; [`staging`]: what a fetch builds beside
+//!   its target, removed on every path.
 //! - [`catalog`]: snapshots, key records, refs, and resolving a query to an id.
 //! - [`verify`], [`gc`], [`diff`], [`lease`]: checking, collecting, comparing, and keeping
 //!   collection and writers apart.
@@ -38,6 +39,7 @@ pub mod lease;
 pub mod manifest;
 pub mod restore;
 pub mod splice;
+pub mod staging;
 pub mod store;
 pub mod tar;
 #[cfg(feature = "testing")]

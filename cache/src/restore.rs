@@ -10,7 +10,7 @@
 //! decompressed. [`read_file`] reads one small file from only the chunks that hold it.
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -25,6 +25,7 @@ use crate::extract::{self, ExtractOptions, ExtractReport};
 use crate::ingest::Progress;
 use crate::layout;
 use crate::manifest::{self, ChunkRef, MAX_MANIFEST_BYTES, Manifest};
+use crate::staging;
 use crate::store::{Store, StoreError};
 
 /// Attempts at reading one object that keeps failing verification before the damage is
@@ -400,76 +401,54 @@ pub async fn fetch_to_dir(
     concurrency: usize,
     progress: Arc<Progress>,
 ) -> Result<ExtractReport> {
-    let staging = create_staging(target)?;
-    let staging_for_thread = staging.clone();
-    let extracted = pump(store, manifest, concurrency, progress, move |reader| {
-        extract::extract(reader, &staging_for_thread, &options)
-    })
-    .await;
-    let finished = extracted.and_then(|report| {
-        if target.exists() {
-            // An empty directory: rename(2) replaces it atomically.
-            std::fs::remove_dir(target)
-                .map_err(Error::io(format!("cannot replace `{}`", target.display())))?;
-        }
-        std::fs::rename(&staging, target)
-            .map_err(Error::io(format!("cannot move the restored tree into `{}`", target.display())))?;
-        Ok(report)
+    let resolved =
+        staging::resolve(target).map_err(Error::io(format!("cannot restore into `{}`", target.display())))?;
+    let occupied = std::fs::symlink_metadata(&resolved).is_ok_and(|meta| {
+        !(meta.is_dir() && std::fs::read_dir(&resolved).is_ok_and(|mut d| d.next().is_none()))
     });
-    if finished.is_err()
-        && let Err(e) = remove_tree(&staging)
-    {
-        tracing::warn!("cannot remove the staging directory `{}`: {e}", staging.display());
+    if occupied && !options.replace {
+        return Err(Error::Io {
+            context: format!("cannot restore into `{}`", target.display()),
+            source: std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "it exists and is not an empty directory (`--force` replaces it)",
+            ),
+        });
     }
-    finished
+    // Removed on every path that does not end in the rename, a dropped future included.
+    let staging = staging::Staged::dir_beside(&resolved)
+        .map_err(Error::io(format!("cannot create a staging directory beside `{}`", target.display())))?;
+    let root = staging.path().to_path_buf();
+    let report =
+        pump(store, manifest, concurrency, progress, move |reader| extract::extract(reader, &root, &options))
+            .await?;
+    put_in_place(staging, &resolved)
+        .map_err(Error::io(format!("cannot move the restored tree into `{}`", target.display())))?;
+    Ok(report)
 }
 
-/// A new, private directory beside `target`, on the same file system so the final rename is
-/// atomic.
-fn create_staging(target: &Path) -> Result<PathBuf> {
-    if let Ok(meta) = std::fs::symlink_metadata(target) {
-        let empty_dir = meta.is_dir() && std::fs::read_dir(target).is_ok_and(|mut d| d.next().is_none());
-        if !empty_dir {
-            return Err(Error::Io {
-                context: format!("cannot restore into `{}`", target.display()),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::AlreadyExists,
-                    "it exists and is not an empty directory",
-                ),
-            });
+/// Renames `staged` to `target`, replacing whatever is there: an empty directory atomically;
+/// anything else is first moved aside, then removed once the new one is in place.
+pub fn put_in_place(staged: staging::Staged, target: &Path) -> std::io::Result<()> {
+    let aside = match std::fs::symlink_metadata(target) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+        Ok(meta) if meta.is_dir() && std::fs::remove_dir(target).is_ok() => None,
+        Ok(_) => {
+            let old = staging::Staged::dir_beside(target)?;
+            std::fs::remove_dir(old.path())?;
+            std::fs::rename(target, old.path())?;
+            Some(old)
         }
-    }
-    let parent = match target.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
     };
-    std::fs::create_dir_all(&parent).map_err(Error::io(format!("cannot create `{}`", parent.display())))?;
-    let name = target.file_name().map_or_else(|| "restore".into(), |n| n.to_string_lossy().into_owned());
-    let staging = tempfile::Builder::new()
-        .prefix(&format!(".{name}.envbuild-"))
-        .tempdir_in(&parent)
-        .map_err(Error::io(format!("cannot create a staging directory in `{}`", parent.display())))?;
-    // Kept: removed on failure by `remove_tree`, renamed on success.
-    Ok(staging.keep())
-}
-
-/// Removes a tree that may hold read-only directories.
-fn remove_tree(path: &Path) -> std::io::Result<()> {
-    if std::fs::remove_dir_all(path).is_ok() {
-        return Ok(());
-    }
-    // Make every directory writable, then try again.
-    let mut stack = vec![path.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            for entry in entries.flatten() {
-                if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    stack.push(entry.path());
-                }
-            }
+    if let Err(e) = std::fs::rename(staged.path(), target) {
+        if let Some(old) = aside {
+            // Put the old one back, then let the staging guard remove the new one.
+            let _ = std::fs::rename(old.keep(), target);
         }
+        return Err(e);
     }
-    std::fs::remove_dir_all(path)
+    staged.keep();
+    drop(aside); // removes the old one
+    Ok(())
 }

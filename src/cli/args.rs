@@ -220,7 +220,7 @@ pub struct ImportArgs {
 pub struct FetchArgs {
     /// The snapshot: its id, a unique prefix of at least 6 hex digits, or a ref name.
     pub snapshot: String,
-    /// Extract into this directory (must not exist, or be empty).
+    /// Extract into this directory (must not exist, or be empty, unless --force).
     #[arg(long, value_name = "DIR")]
     pub to: Option<PathBuf>,
     /// Write the tar stream to this file, or `-` for stdout.
@@ -241,6 +241,10 @@ pub struct FetchArgs {
     /// Free space to leave in the ext4 image, in percent of what the files need.
     #[arg(long, value_name = "PERCENT", default_value = "20", requires = "ext4")]
     pub headroom: u32,
+    /// Replace what is at the destination (a file, or a directory that is not empty) once
+    /// the new one is complete; without it, an existing destination is refused.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]

@@ -147,6 +147,7 @@ fn usage_and_lookup_errors() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         assert!(stderr.contains("does not exist") && stderr.contains("hint:"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("os error"), "{args:?}: {stderr}");
         assert!(!store.exists(), "`{args:?}` created the store");
     }
     import(&store, sample_tar(31));
@@ -312,4 +313,176 @@ fn one_bad_manifest_does_not_break_store_wide_commands() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["damaged"].as_array().unwrap().len(), 2, "{report}");
     envbuild(&store).args(["fetch", &good, "--to"]).arg(work.path().join("out")).assert().success();
+}
+
+/// `envbuild` with its own cache home (where the staging journal lives).
+fn envbuild_home(store: &Path, home: &Path) -> Command {
+    let mut cmd = envbuild(store);
+    cmd.env("XDG_CACHE_HOME", home);
+    cmd
+}
+
+/// Every destination form refuses to overwrite without `--force`, and replaces with it; errors
+/// say the OS's message once.
+#[test]
+fn fetch_refuses_to_overwrite_without_force() {
+    let work = tempfile::tempdir().unwrap();
+    let store = work.path().join("store");
+    let id = import(&store, sample_tar(41));
+    let mut destinations =
+        vec![("--tar", "out.tar", false), ("--to", "tree", true), ("--oci", "layout", true)];
+    if std::process::Command::new("mkfs.ext4").arg("-V").output().is_ok() {
+        destinations.push(("--ext4", "disk.img", false));
+    }
+    for (flag, name, is_dir) in destinations {
+        let target = work.path().join(name);
+        if is_dir {
+            std::fs::create_dir_all(&target).unwrap();
+            std::fs::write(target.join("old"), "old").unwrap();
+        } else {
+            std::fs::write(&target, "old").unwrap();
+        }
+        let out = envbuild(&store).args(["fetch", &id, flag]).arg(&target).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{flag}: {stderr}");
+        assert!(stderr.contains("--force"), "{flag}: {stderr}");
+        assert!(stderr.matches("os error").count() <= 1, "{flag}: {stderr}");
+        let old =
+            if is_dir { std::fs::read(target.join("old")).unwrap() } else { std::fs::read(&target).unwrap() };
+        assert_eq!(old, b"old", "{flag}: the destination changed");
+        let out = envbuild(&store).args(["fetch", &id, flag]).arg(&target).arg("--force").output().unwrap();
+        assert!(out.status.success(), "{flag}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            !target.join("old").exists() && std::fs::read(&target).map_or(true, |b| b != b"old"),
+            "{flag}"
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(work.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains(".envbuild-"))
+            .collect();
+        assert!(leftovers.is_empty(), "{flag}: {leftovers:?}");
+    }
+    assert_eq!(std::fs::read(work.path().join("tree/etc/hostname")).unwrap(), b"envbuild\n");
+}
+
+/// Writes a snapshot whose stream is not a tar straight into a local store, as a hostile
+/// writer could; returns its id.
+fn plant_non_tar_snapshot(store: &Path) -> String {
+    let garbage = noise(100_000, 7);
+    let digest = envbuild_cache::Digest::of(&garbage);
+    let stored = envbuild_cache::chunk::compress(&garbage, 3).unwrap();
+    let chunk_path = store.join(envbuild_cache::layout::chunk(&digest).as_str());
+    std::fs::create_dir_all(chunk_path.parent().unwrap()).unwrap();
+    std::fs::write(&chunk_path, &stored).unwrap();
+    let manifest = envbuild_cache::manifest::Manifest {
+        format: envbuild_cache::manifest::FORMAT_V1.into(),
+        chunking: envbuild_cache::manifest::Chunking::of(envbuild_cache::chunker::ChunkParams::default()),
+        chunks: vec![envbuild_cache::manifest::ChunkRef {
+            digest,
+            size: garbage.len() as u64,
+            stored_size: stored.len() as u64,
+        }],
+        chunks_ref: None,
+        compression: envbuild_cache::manifest::Compression {
+            algorithm: envbuild_cache::manifest::Zstd::Zstd,
+            level: 3,
+        },
+        environment: None,
+        image_config: None,
+        keys: None,
+        size: garbage.len() as u64,
+        toc: Vec::new(),
+        toc_ref: None,
+    };
+    let (bytes, id) = manifest.encode().unwrap();
+    std::fs::write(store.join(envbuild_cache::layout::snapshot(&id).as_str()), bytes).unwrap();
+    id.to_string()
+}
+
+#[test]
+fn an_oci_layout_of_a_stream_that_is_not_a_tar_is_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let store = work.path().join("store");
+    import(&store, sample_tar(51));
+    let id = plant_non_tar_snapshot(&store);
+    let layout = work.path().join("layout");
+    let out = envbuild(&store).args(["fetch", &id, "--oci"]).arg(&layout).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("not a whole file system"), "{stderr}");
+    assert!(!layout.exists());
+}
+
+/// Waits until a staging path of `target` appears beside it.
+fn staging_appears(target: &Path) -> bool {
+    let dir = target.parent().unwrap();
+    let prefix = format!(".{}.envbuild-", target.file_name().unwrap().to_string_lossy());
+    for _ in 0..400 {
+        if std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    false
+}
+
+fn leftovers(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".envbuild-") || n == "out" || n == "out.tar")
+        .collect()
+}
+
+/// SIGTERM during a fetch removes what it staged; a fetch killed outright leaves its staging
+/// behind, and the next `gc` removes it.
+#[test]
+fn an_interrupted_fetch_leaves_nothing_and_gc_sweeps_what_a_crash_left() {
+    let work = tempfile::tempdir().unwrap();
+    let (store, home, dest) = (work.path().join("store"), work.path().join("home"), work.path().join("dest"));
+    std::fs::create_dir_all(&dest).unwrap();
+    let big: Vec<RawEntry> =
+        (0..24).map(|i| RawEntry::file(&format!("opt/f{i}"), &noise(8 * 1024 * 1024, 100 + i))).collect();
+    let id = import(&store, write_tar(&big));
+    for (flag, name) in [("--to", "out"), ("--tar", "out.tar")] {
+        for signal in [rustix::process::Signal::TERM, rustix::process::Signal::INT] {
+            let bin = assert_cmd::cargo::cargo_bin("envbuild");
+            let mut child = std::process::Command::new(bin)
+                .env("ENVBUILD_STORE", &store)
+                .env("XDG_CACHE_HOME", &home)
+                .args(["fetch", &id, flag])
+                .arg(dest.join(name))
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            assert!(staging_appears(&dest.join(name)), "{flag}: no staging seen");
+            let pid = rustix::process::Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap();
+            rustix::process::kill_process(pid, signal).unwrap();
+            let status = child.wait().unwrap();
+            assert_eq!(status.code(), Some(130), "{flag} {signal:?}");
+            assert!(leftovers(&dest).is_empty(), "{flag} {signal:?}: {:?}", leftovers(&dest));
+        }
+    }
+    // Killed outright: the staging stays, noted in the journal; gc removes it.
+    let bin = assert_cmd::cargo::cargo_bin("envbuild");
+    let mut child = std::process::Command::new(bin)
+        .env("ENVBUILD_STORE", &store)
+        .env("XDG_CACHE_HOME", &home)
+        .args(["fetch", &id, "--to"])
+        .arg(dest.join("out"))
+        .spawn()
+        .unwrap();
+    assert!(staging_appears(&dest.join("out")));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!leftovers(&dest).is_empty(), "a killed process runs no cleanup");
+    let out = envbuild_home(&store, &home).args(["gc", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(leftovers(&dest).is_empty(), "{:?}", leftovers(&dest));
 }

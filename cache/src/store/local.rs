@@ -44,8 +44,8 @@ impl LocalStore {
 
     fn open_with(root: &Path, create: bool) -> Result<Self, StoreError> {
         let store = format!("local store `{}`", root.display());
-        if !create && !root.join(TMP_DIR).is_dir() {
-            let what = if root.exists() { "it is not an envbuild store" } else { "it does not exist" };
+        if !create && !root.join(TMP_DIR).is_dir() && !root.join("v1").is_dir() {
+            let what = if root.exists() { "it holds no store yet" } else { "it does not exist" };
             return Err(StoreError::Unusable {
                 store,
                 message: what.to_owned(),

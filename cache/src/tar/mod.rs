@@ -6,17 +6,20 @@
 //! ustar, GNU (`L`/`K` long names, base-256 numbers) and PAX (`x` records, `SCHILY.xattr.*`
 //! and `LIBARCHIVE.xattr.*` attributes), which covers `docker export`, GNU tar and bsdtar.
 //!
-//! Entries envbuild renames get new headers from [`encode_header`], in one fixed style.
+//! Entries envbuild renames get new headers from [`encode_header`], in one fixed style;
+//! [`checked`] parses a copy of bytes on their way elsewhere.
 //!
 //! Every size is bounded before anything is allocated (extension headers, names, attributes),
 //! header checksums are verified, and a stream that ends early is an error naming the entry.
 //! Nothing here touches the file system.
 
+mod check;
 mod header;
 mod order;
 mod reader;
 mod writer;
 
+pub use check::{Checked, Checker, checked};
 pub use order::{CanonicalKey, Reordered, canonical_key, display_path, reorder};
 pub use reader::{Entry, EntryKind, Limits, TarReader};
 pub use writer::{encode_header, padding};

@@ -31,7 +31,8 @@ pub async fn run(
         return Ok(ExitCode::SUCCESS);
     }
     if let Some(dir) = &args.oci {
-        let layout = export::oci_layout(store, &manifest, dir, &args.oci_ref, session.jobs).await?;
+        let layout =
+            export::oci_layout(store, &manifest, dir, &args.oci_ref, args.force, session.jobs).await?;
         ui::eprint_line(format!(
             "wrote {id} as an OCI image layout in `{}` (`{}`, manifest {}, layer {}) in {}",
             dir.display(),
@@ -43,7 +44,7 @@ pub async fn run(
         return Ok(ExitCode::SUCCESS);
     }
     if let Some(file) = &args.ext4 {
-        let size = export::ext4(store, &manifest, file, args.headroom, session.jobs).await?;
+        let size = export::ext4(store, &manifest, file, args.headroom, args.force, session.jobs).await?;
         ui::eprint_line(format!(
             "wrote {id} as an ext4 image `{}` of {} ({} of files, {}% headroom) in {}",
             file.display(),
@@ -55,7 +56,7 @@ pub async fn run(
         return Ok(ExitCode::SUCCESS);
     }
     if let Some(dir) = &args.to {
-        let report = snapshots::fetch_to_dir(&session, &id, &manifest, dir).await?;
+        let report = snapshots::fetch_to_dir(&session, &id, &manifest, dir, args.force).await?;
         for warning in &report.warnings {
             ui::eprint_line(format!("warning: {warning}"));
         }
@@ -81,7 +82,7 @@ pub async fn run(
         return Ok(ExitCode::SUCCESS);
     }
     let bar = cli::progress::Bar::start(&counters, "fetching");
-    export::tar_file(store, &manifest, std::path::Path::new(target), session.jobs, counters)
+    export::tar_file(store, &manifest, std::path::Path::new(target), args.force, session.jobs, counters)
         .await
         .with_context(|| format!("cannot write snapshot {id} to `{target}`"))?;
     drop(bar);

@@ -14,6 +14,8 @@ pub async fn run(global: &GlobalArgs, args: &GcArgs, cancel: &CancellationToken)
     let store = session.store.clone();
     let options = GcOptions { grace: args.grace, dry_run: args.dry_run, concurrency: session.jobs };
     let report = gc::gc(&store, options).await?;
+    // What fetches killed outright left beside their targets, on this host.
+    let staging = if args.dry_run { Vec::new() } else { envbuild_cache::staging::sweep() };
     // The package-manager caches of this host go by their own bounds; without an engine there
     // are none to collect.
     let caches = match envbuild::caches::collect(&session, args.dry_run).await {
@@ -35,6 +37,7 @@ pub async fn run(global: &GlobalArgs, args: &GcArgs, cancel: &CancellationToken)
             "removed_leases": report.removed_leases,
             "removed_uploads": report.removed_uploads,
             "removed_package_caches": caches,
+            "removed_staging": staging,
             "damaged": report.damaged.iter().map(|(id, why)| serde_json::json!({"id": id, "damage": why})).collect::<Vec<_>>(),
         }))?;
         return Ok(ExitCode::SUCCESS);
@@ -51,6 +54,13 @@ pub async fn run(global: &GlobalArgs, args: &GcArgs, cancel: &CancellationToken)
         report.young_chunks,
         humantime::format_duration(args.grace),
     ));
+    if !staging.is_empty() {
+        ui::eprint_line(format!(
+            "  removed {} staging path(s) left by interrupted fetches: {}",
+            staging.len(),
+            staging.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        ));
+    }
     for (_, damage) in &report.damaged {
         ui::eprint_line(format!(
             "warning: {damage}; left in place (`envbuild rm` removes it, a push from another store repairs it)"
