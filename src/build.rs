@@ -743,7 +743,13 @@ impl Miss<'_> {
         };
         let leak_scanner = SecretScanner::new(records::patterns(self.secrets)?)
             .map(|scanner| Arc::new(scanner) as Arc<dyn LeakScanner>);
-        Ok(IngestOptions { concurrency: self.session.jobs, meta, leak_scanner, ..IngestOptions::default() })
+        Ok(IngestOptions {
+            concurrency: self.session.jobs,
+            meta,
+            leak_scanner,
+            verified: crate::store::verified(&*self.session.store),
+            ..IngestOptions::default()
+        })
     }
 
     /// Warns when browser testing is on and `chromeExecutablePath` is not in the environment:

@@ -36,7 +36,11 @@ pub async fn import(
     if let Some(size) = size {
         counters.total.store(size, std::sync::atomic::Ordering::Relaxed);
     }
-    let options = IngestOptions { concurrency: session.jobs, ..IngestOptions::default() };
+    let options = IngestOptions {
+        concurrency: session.jobs,
+        verified: crate::store::verified(&*session.store),
+        ..IngestOptions::default()
+    };
     let _bar = session.reporter.progress("importing", &counters);
     Ok(ingest::ingest(session.store.clone(), input, options, counters).await?)
 }

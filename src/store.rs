@@ -64,6 +64,15 @@ pub async fn open(options: &StoreOptions) -> Result<Arc<dyn Store>> {
     open::open(&location, &open_options).await.with_context(|| format!("cannot open the store `{location}`"))
 }
 
+/// What this host knows of the soundness of `store`'s chunks (see `envbuild_cache::verified`),
+/// kept beside the default store.
+pub fn verified(store: &dyn Store) -> Arc<envbuild_cache::verified::Verified> {
+    Arc::new(envbuild_cache::verified::Verified::open(
+        &default_location().join("verified"),
+        &store.location(),
+    ))
+}
+
 /// `10G`, `512M`, `4096`, `512 MiB`.
 pub fn parse_size(text: &str) -> Option<u64> {
     let text = text.trim();

@@ -54,6 +54,7 @@ use crate::manifest::{self, ChunkRef, Chunking, Compression, Manifest, TocEntry,
 use crate::restore;
 use crate::store::{PutMode, PutOutcome, Store};
 use crate::tar::{self, CanonicalKey, Entry, EntryKind, TarReader};
+use crate::verified::Verified;
 
 /// Finds secret values in bytes (implemented outside this crate, over the secrets in scope).
 pub trait LeakScanner: Send + Sync + std::fmt::Debug {
@@ -82,6 +83,9 @@ pub struct IngestOptions {
     pub meta: SnapshotMeta,
     /// Refuse to publish a stream holding any of these secrets.
     pub leak_scanner: Option<Arc<dyn LeakScanner>>,
+    /// The chunks known sound in the store: a chunk found stored is reused without being read
+    /// back only when it is known; otherwise it is read and checked, and rewritten if damaged.
+    pub verified: Arc<Verified>,
     /// Store names that leave the root (absolute, `..`) as they are, as a hostile writer
     /// could: only for tests of the readers' own defences.
     #[cfg(feature = "testing")]
@@ -97,6 +101,7 @@ impl Default for IngestOptions {
             spill_dir: std::env::temp_dir(),
             meta: SnapshotMeta::default(),
             leak_scanner: None,
+            verified: Arc::new(Verified::in_memory()),
             #[cfg(feature = "testing")]
             unchecked_paths: false,
         }
@@ -244,6 +249,7 @@ pub(crate) async fn publish(
     let manifest_bytes = bytes_of_manifest.len() as u64;
     let outcome = store.put(&layout::snapshot(&id), Bytes::from(bytes_of_manifest), PutMode::Create).await?;
     let published = matches!(outcome, PutOutcome::Written { .. });
+    options.verified.save();
     let unique = manifest.unique_chunks();
     let new: Vec<&StoredChunk> = {
         let mut seen = std::collections::HashSet::new();
@@ -369,6 +375,7 @@ pub(crate) async fn store_pieces(
 ) -> Result<Vec<StoredChunk>> {
     let incoming = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
     let level = options.zstd_level;
+    let verified = &options.verified;
     // CPU work (hash, zstd) runs on at most two threads per core however many chunks are in
     // flight for the store's sake (remote stores want many): measured, two per core keeps the
     // cores busy while the scan thread waits; more only preempt each other.
@@ -382,8 +389,8 @@ pub(crate) async fn store_pieces(
             let cpu = cpu.clone();
             async move {
                 let stored = match piece {
-                    Piece::Fresh(raw) => store_chunk(&store, raw, level, &cpu).await,
-                    Piece::Reused(chunk) => check_reused(&store, chunk).await,
+                    Piece::Fresh(raw) => store_chunk(&store, raw, level, &cpu, verified).await,
+                    Piece::Reused(chunk) => check_reused(&store, chunk, &cpu, verified).await,
                 };
                 progress.chunks.fetch_add(1, Ordering::Relaxed);
                 stored.map(|chunk| (index, chunk))
@@ -398,24 +405,61 @@ pub(crate) async fn store_pieces(
         })
 }
 
-/// A parent's chunk the new snapshot shares: it must still be in the store, with a plausible
-/// size (its bytes were verified when the parent's were read, or when it was written).
-async fn check_reused(store: &Arc<dyn Store>, chunk: ChunkRef) -> Result<StoredChunk> {
-    match store.head(&layout::chunk(&chunk.digest)).await? {
-        Some(meta) if meta.size == chunk.stored_size => Ok(StoredChunk { chunk, new: false }),
-        Some(meta) => Err(Error::Internal(format!(
+/// A parent's chunk the new snapshot shares: it must still be in the store, sound (known, or
+/// read back and checked). A damaged one fails the splice, and the build stores everything
+/// again instead, from the engine's bytes.
+async fn check_reused(
+    store: &Arc<dyn Store>,
+    chunk: ChunkRef,
+    cpu: &tokio::sync::Semaphore,
+    verified: &Verified,
+) -> Result<StoredChunk> {
+    let missing = || {
+        Error::Internal(format!(
+            "chunk {} of the parent snapshot is missing from {}",
+            chunk.digest,
+            store.location()
+        ))
+    };
+    let meta = store.head(&layout::chunk(&chunk.digest)).await?.ok_or_else(missing)?;
+    if meta.size != chunk.stored_size {
+        return Err(Error::Internal(format!(
             "chunk {} of the parent snapshot has {} stored bytes in {}, not the {} its manifest says",
             chunk.digest,
             meta.size,
             store.location(),
             chunk.stored_size
-        ))),
-        None => Err(Error::Internal(format!(
-            "chunk {} of the parent snapshot is missing from {}",
-            chunk.digest,
-            store.location()
-        ))),
+        )));
     }
+    if !verified.knows(&chunk.digest, &meta.etag) {
+        let etag = read_back(store, &chunk.digest, chunk.size, cpu).await?.ok_or_else(|| {
+            Error::Internal(format!(
+                "chunk {} of the parent snapshot is damaged in {}",
+                chunk.digest,
+                store.location()
+            ))
+        })?;
+        verified.note(chunk.digest, &etag);
+    }
+    Ok(StoredChunk { chunk, new: false })
+}
+
+/// Reads chunk `digest` back from the store itself (past any cache) and checks it: its etag
+/// when it is sound, `None` when it is damaged or gone.
+async fn read_back(
+    store: &Arc<dyn Store>,
+    digest: &Digest,
+    size: u64,
+    cpu: &tokio::sync::Semaphore,
+) -> Result<Option<String>> {
+    let got = match store.get_uncached(&layout::chunk(digest), manifest::zstd_bound(size)).await {
+        Ok(got) => got,
+        Err(e) if e.is_not_found() || e.is_damage() => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let digest = *digest;
+    let sound = on_a_core(cpu, "checking", move || chunk::decode(&got.bytes, &digest, size).is_ok()).await?;
+    Ok(sound.then_some(got.etag))
 }
 
 /// Runs CPU-bound `work` on a blocking thread once `cpu` grants a core.
@@ -432,35 +476,49 @@ pub(crate) fn cores() -> usize {
     std::thread::available_parallelism().map_or(2, std::num::NonZero::get)
 }
 
-/// Hashes a chunk, and compresses and stores it unless the store already has it.
+/// Hashes a chunk, and compresses and stores it unless the store already has it, sound: a
+/// stored copy is reused when it is known sound or reads back sound, and is rewritten from
+/// `raw` otherwise (which repairs the store).
 async fn store_chunk(
     store: &Arc<dyn Store>,
     raw: Bytes,
     level: i32,
     cpu: &tokio::sync::Semaphore,
+    verified: &Verified,
 ) -> Result<StoredChunk> {
     let size = raw.len() as u64;
     let (digest, raw) = on_a_core(cpu, "hashing", move || (Digest::of(&raw), raw)).await?;
     let path = layout::chunk(&digest);
     let mut mode = PutMode::Create;
-    if let Some(meta) = store.head(&path).await? {
-        if meta.size > 0 && meta.size <= manifest::zstd_bound(size) {
-            return Ok(StoredChunk { chunk: ChunkRef { digest, size, stored_size: meta.size }, new: false });
+    match store.head(&path).await {
+        Ok(Some(meta)) => {
+            let plausible = meta.size > 0 && meta.size <= manifest::zstd_bound(size);
+            let reused = StoredChunk { chunk: ChunkRef { digest, size, stored_size: meta.size }, new: false };
+            if plausible && verified.knows(&digest, &meta.etag) {
+                return Ok(reused);
+            }
+            if plausible && let Some(etag) = read_back(store, &digest, size, cpu).await? {
+                verified.note(digest, &etag);
+                return Ok(reused);
+            }
+            tracing::warn!("chunk {digest} in {} is damaged; rewriting it from the input", store.location());
+            mode = PutMode::Overwrite;
         }
-        // An implausible size means a damaged object: replace it rather than reference it.
-        tracing::warn!(
-            "chunk {digest} in {} has an impossible size ({} bytes); rewriting it",
-            store.location(),
-            meta.size
-        );
-        mode = PutMode::Overwrite;
+        Ok(None) => {}
+        // Something that is not a file sits in its place: replace it.
+        Err(e) if e.is_damage() => {
+            tracing::warn!("{e}; rewriting chunk {digest} from the input");
+            mode = PutMode::Overwrite;
+        }
+        Err(e) => return Err(e.into()),
     }
     let stored = on_a_core(cpu, "compression", move || chunk::compress(&raw, level))
         .await?
         .map_err(Error::io(format!("cannot compress chunk {digest}")))?;
     let stored_size = stored.len() as u64;
     match store.put(&path, Bytes::from(stored), mode).await? {
-        PutOutcome::Written { .. } => {
+        PutOutcome::Written { etag } => {
+            verified.note(digest, &etag);
             Ok(StoredChunk { chunk: ChunkRef { digest, size, stored_size }, new: true })
         }
         PutOutcome::AlreadyExists => {

@@ -19,6 +19,8 @@
 //! - [`extract`]: safe extraction into a directory; [`staging`]: what a fetch builds beside
 //!   its target, removed on every path.
 //! - [`catalog`]: snapshots, key records, refs, and resolving a query to an id.
+//! - [`verified`]: the chunks this host knows sound in a store, so dedup never trusts a
+//!   damaged one and rarely reads one back.
 //! - [`verify`], [`gc`], [`diff`], [`lease`]: checking, collecting, comparing, and keeping
 //!   collection and writers apart.
 //! - [`transfer`]: copying snapshots between stores (`push`, `pull`).
@@ -45,6 +47,7 @@ pub mod tar;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod transfer;
+pub mod verified;
 pub mod verify;
 
 pub use digest::{Digest, SnapshotId};

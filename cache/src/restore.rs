@@ -31,7 +31,7 @@ use crate::store::{Store, StoreError};
 /// Attempts at reading one object that keeps failing verification before the damage is
 /// reported: a bit flipped in transit or a damaged cached copy heals on a re-read, damage in
 /// the store does not.
-const VERIFY_ATTEMPTS: u32 = 3;
+const VERIFY_ATTEMPTS: u32 = 5;
 
 /// Reads and checks the manifest of `id`, with its chunk list and table of contents (v2's are
 /// read from their chunks, verified).

@@ -587,7 +587,8 @@ pub enum TokenCommand {
 
 #[derive(Debug, Args)]
 pub struct TokenNewArgs {
-    /// What the token may do: `read` (fetch, browse) or `write` (also push and delete).
+    /// What the token may do: `read` (fetch, browse), `write` (also push; never delete), or
+    /// `admin` (also delete: `gc`, `rm` and `prune` through the service).
     #[arg(long, value_enum)]
     pub role: RoleArg,
     /// The tokens file of the server.
@@ -602,8 +603,10 @@ pub struct TokenNewArgs {
 pub enum RoleArg {
     /// GET and HEAD: fetch snapshots, resolve keys, browse.
     Read,
-    /// Also PUT and DELETE: push snapshots and key records, collect garbage.
+    /// Also PUT: push snapshots and key records. Published data cannot be deleted or replaced.
     Write,
+    /// Also DELETE: collect garbage, remove and prune snapshots.
+    Admin,
 }
 
 #[derive(Debug, Args)]

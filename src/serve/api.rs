@@ -359,7 +359,17 @@ async fn write_object(
         }
     };
     let size = bytes.len();
-    match state.store.put(path, bytes, mode).await? {
+    let mut outcome = state.store.put(path, bytes.clone(), mode.clone()).await?;
+    // Content-addressed objects are create-only, but a damaged one is no published data: the
+    // body, checked above to be exactly what the path names, replaces it.
+    if matches!(outcome, PutOutcome::AlreadyExists)
+        && is_immutable(path)
+        && !stored_sound(state, path, limit).await
+    {
+        tracing::warn!(path = %path, "replacing a damaged object with verified bytes");
+        outcome = state.store.put(path, bytes, PutMode::Overwrite).await?;
+    }
+    match outcome {
         PutOutcome::Written { etag } => {
             tracing::info!(path = %path, size, "stored");
             let etag = etag_for(path, &etag);
@@ -374,6 +384,20 @@ async fn write_object(
             let etag = etag_for(path, "");
             Ok((StatusCode::OK, [(header::ETAG, quoted(&etag))]).into_response())
         }
+    }
+}
+
+/// Whether the stored content-addressed object at `path` is what its name says. Anything but
+/// a clean read (gone, not a file, over its bound, a failing store) counts as not sound: the
+/// verified body then replaces it, or the store's failure is reported by that write.
+async fn stored_sound(state: &AppState, path: &ObjectPath, limit: u64) -> bool {
+    let Ok(got) = state.store.get_uncached(path, limit).await else { return false };
+    if let Some(digest) = layout::parse_chunk(path.as_str()) {
+        envbuild_cache::chunk::verify_stored(&got.bytes, &digest).is_ok()
+    } else if let Some(id) = layout::parse_snapshot(path.as_str()) {
+        Digest::of(&got.bytes) == id.0
+    } else {
+        true
     }
 }
 

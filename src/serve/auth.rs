@@ -7,7 +7,11 @@
 //! with every entry is constant-time and does not stop at the first match, so timing tells
 //! nothing about which hashes exist.
 //!
-//! Roles: `read` may GET and HEAD everything; `write` may also PUT and DELETE. A request
+//! Roles: `read` may GET and HEAD everything; `write` may also PUT: create any object, update
+//! the pointers (key records, heads, refs by compare-and-swap, leases, secrets), and delete its
+//! own leases, but never replace or delete a chunk or a manifest (a damaged chunk may be
+//! replaced by its verified bytes, which repairs it); `admin` may also DELETE anything, which
+//! is what `gc` and `rm` through the service need. A request
 //! carries its token as `Authorization: Bearer <token>`, or for browsers as the password of
 //! HTTP Basic authentication (any user name), so the snapshot browser works without a line of
 //! JavaScript: the browser asks for it once.
@@ -32,8 +36,10 @@ use super::ServeError;
 pub enum Role {
     /// GET and HEAD: fetch snapshots, resolve keys, browse.
     Read,
-    /// Also PUT and DELETE: push snapshots and key records, collect garbage.
+    /// Also PUT: push snapshots and key records; never delete published data.
     Write,
+    /// Also DELETE: collect garbage, remove snapshots.
+    Admin,
 }
 
 impl Role {
@@ -41,6 +47,7 @@ impl Role {
         match self {
             Role::Read => "read",
             Role::Write => "write",
+            Role::Admin => "admin",
         }
     }
 
@@ -48,6 +55,7 @@ impl Role {
         match text {
             "read" => Some(Role::Read),
             "write" => Some(Role::Write),
+            "admin" => Some(Role::Admin),
             _ => None,
         }
     }

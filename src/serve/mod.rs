@@ -46,7 +46,7 @@ use self::metrics::Metrics;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServeError {
-    #[error("{path}:{line}: expected `sha256:<64 hex digits> read|write [label]`")]
+    #[error("{path}:{line}: expected `sha256:<64 hex digits> read|write|admin [label]`")]
     BadTokenLine { path: std::path::PathBuf, line: usize },
     #[error("{context}")]
     Io {
@@ -130,12 +130,24 @@ pub fn app(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Checks the request's token against the role its method needs: reads need `read`, writes
-/// `write`. Without a valid token: 401, asking browsers for Basic credentials on the
-/// browser's pages; with a token that may only read: 403.
+/// The role a request needs: reads `read`; writes `write`; deletions `admin`, except of the
+/// writer's own leases (a writer releases its lease by deleting it).
+fn needed_role(method: &Method, path: &str) -> Role {
+    match *method {
+        Method::GET | Method::HEAD => Role::Read,
+        Method::DELETE if path.starts_with(&format!("/v1/objects/{}", envbuild_cache::layout::LEASES)) => {
+            Role::Write
+        }
+        Method::DELETE => Role::Admin,
+        _ => Role::Write,
+    }
+}
+
+/// Checks the request's token against the role it needs ([`needed_role`]). Without a valid
+/// token: 401, asking browsers for Basic credentials on the browser's pages; with a token of
+/// a lesser role: 403, naming the role needed.
 async fn authorize(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    let needed =
-        if matches!(*request.method(), Method::GET | Method::HEAD) { Role::Read } else { Role::Write };
+    let needed = needed_role(request.method(), request.uri().path());
     let role = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -144,9 +156,12 @@ async fn authorize(State(state): State<Arc<AppState>>, request: Request, next: N
         .and_then(|token| state.tokens.role_of(&token));
     match role {
         Some(role) if role >= needed => next.run(request).await,
-        Some(_) => {
-            ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this token may only read").into_response()
-        }
+        Some(role) => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("a `{}` token may not do this; it needs the `{}` role", role.as_str(), needed.as_str()),
+        )
+        .into_response(),
         None => {
             let browser = !request.uri().path().starts_with("/v1/");
             let mut response = if browser {

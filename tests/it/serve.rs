@@ -26,6 +26,7 @@ struct Server {
     url: String,
     read: String,
     write: String,
+    admin: String,
     store: PathBuf,
     dir: tempfile::TempDir,
 }
@@ -65,8 +66,9 @@ impl Server {
         let tokens = dir.path().join("tokens");
         let read = new_token(&tokens, "read");
         let write = new_token(&tokens, "write");
+        let admin = new_token(&tokens, "admin");
         let (child, url) = spawn_serve(store.to_str().unwrap(), &tokens, &[], &dir.path().join("cache"));
-        Self { child, url, read, write, store, dir }
+        Self { child, url, read, write, admin, store, dir }
     }
 
     fn client(&self, token: &str) -> HttpStore {
@@ -142,8 +144,61 @@ fn http() -> reqwest::Client {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_http_store_passes_the_conformance_suite() {
     let server = Server::start();
-    let store: Arc<dyn Store> = Arc::new(server.client(&server.write));
+    // The suite deletes objects: the `admin` role.
+    let store: Arc<dyn Store> = Arc::new(server.client(&server.admin));
     conformance::run_all(store, conformance::Options::default()).await;
+}
+
+/// A `write` token creates, and may repair a damaged chunk with its verified bytes, but can
+/// neither delete nor replace published data; it deletes only its own leases. `admin` may
+/// delete, and `gc` through the service needs it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_token_cannot_delete_published_data() {
+    let server = Server::start();
+    let id = import(&server, &rootfs(61));
+    let direct = LocalStore::open(&server.store).unwrap();
+    let manifest = envbuild_cache::restore::read_manifest(&direct, &id.parse().unwrap()).await.unwrap();
+    let chunk = manifest.chunks[0];
+    let objects = |path: &str| format!("{}/v1/objects/{path}", server.url);
+    let snapshot_path = layout::snapshot(&id.parse().unwrap()).to_string();
+    let chunk_path = layout::chunk(&chunk.digest).to_string();
+    for path in [&snapshot_path, &chunk_path] {
+        let refused = http().delete(objects(path)).bearer_auth(&server.write).send().await.unwrap();
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN, "{path}");
+        assert!(refused.text().await.unwrap().contains("`admin` role"));
+    }
+    assert!(server.store.join(&snapshot_path).is_file() && server.store.join(&chunk_path).is_file());
+    let lease = objects("v1/leases/write-test");
+    assert_eq!(
+        http().put(&lease).bearer_auth(&server.write).body("x").send().await.unwrap().status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        http().delete(&lease).bearer_auth(&server.write).send().await.unwrap().status(),
+        StatusCode::NO_CONTENT
+    );
+    // A damaged chunk: its verified bytes from a writer replace it.
+    let good = std::fs::read(server.store.join(&chunk_path)).unwrap();
+    std::fs::write(server.store.join(&chunk_path), &good[..good.len() - 10]).unwrap();
+    let repaired =
+        http().put(objects(&chunk_path)).bearer_auth(&server.write).body(good.clone()).send().await.unwrap();
+    assert_eq!(repaired.status(), StatusCode::CREATED);
+    assert_eq!(std::fs::read(server.store.join(&chunk_path)).unwrap(), good);
+    // gc through the service (an unreferenced chunk to collect): refused with a write token,
+    // done with an admin token.
+    let stray = envbuild_cache::chunk::compress(b"stray", 3).unwrap();
+    let stray_path = layout::chunk(&Digest::of(b"stray")).to_string();
+    let put = http().put(objects(&stray_path)).bearer_auth(&server.write).body(stray).send().await.unwrap();
+    assert_eq!(put.status(), StatusCode::CREATED);
+    let refused = server.cli(&server.write).args(["gc", "--grace", "0s"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("`admin` role"), "{stderr}");
+    assert!(server.store.join(&stray_path).is_file());
+    let done = server.cli(&server.admin).args(["gc", "--grace", "0s"]).output().unwrap();
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    assert!(!server.store.join(&stray_path).exists());
+    let gone = http().delete(objects(&snapshot_path)).bearer_auth(&server.admin).send().await.unwrap();
+    assert_eq!(gone.status(), StatusCode::NO_CONTENT);
 }
 
 /// Import, list, fetch, verify and push through the service with the CLI; the key probe

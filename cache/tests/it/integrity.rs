@@ -170,3 +170,54 @@ async fn gc_never_runs_beside_a_writer() {
     writer.release().await;
     gc::gc(&store, GcOptions { grace: Duration::ZERO, dry_run: false, concurrency: 1 }).await.unwrap();
 }
+
+/// Damage a chunk (truncated, or one byte flipped at the same size), delete the manifest, and
+/// import the same stream again: the import must not dedup against the damaged chunk. It
+/// rewrites it from its input, which repairs the store, even when this host had recorded the
+/// chunk as sound before the damage.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_re_import_after_damage_repairs_the_chunk_instead_of_trusting_it() {
+    use envbuild_cache::ingest::{self, IngestOptions};
+    use envbuild_cache::verified::Verified;
+    for damage in ["truncate", "flip"] {
+        let work = tempfile::tempdir().unwrap();
+        let local = LocalStore::open(work.path().join("store")).unwrap();
+        let store: Arc<dyn Store> = Arc::new(local.clone());
+        let record_dir = work.path().join("verified");
+        let tar = three_chunk_tar(31);
+        let import_recorded = |tar: Vec<u8>| {
+            let store = store.clone();
+            let verified = Arc::new(Verified::open(&record_dir, &store.location()));
+            async move {
+                let options = IngestOptions { verified, ..IngestOptions::default() };
+                ingest::ingest(
+                    store,
+                    Box::new(std::io::Cursor::new(tar)),
+                    options,
+                    Arc::new(Progress::default()),
+                )
+                .await
+                .unwrap()
+            }
+        };
+        let first = import_recorded(tar.clone()).await;
+        let manifest = restore::read_manifest(&*store, &first.id).await.unwrap();
+        let file = local.root().join(layout::chunk(&manifest.chunks[1].digest).as_str());
+        let mut bytes = std::fs::read(&file).unwrap();
+        match damage {
+            "truncate" => bytes.truncate(bytes.len() - 10),
+            _ => {
+                let middle = bytes.len() / 2;
+                bytes[middle] ^= 0x01;
+            }
+        }
+        std::fs::write(&file, &bytes).unwrap();
+        std::fs::remove_file(local.root().join(layout::snapshot(&first.id).as_str())).unwrap();
+
+        let again = import_recorded(tar.clone()).await;
+        assert_eq!(again.id, first.id, "{damage}");
+        assert_eq!(fetch_bytes(&store, &again.id).await.unwrap(), tar, "{damage}: the snapshot reads back");
+        let report = verify::verify(&store, &[], true, 4, &Arc::new(Progress::default())).await.unwrap();
+        assert!(report.problems.is_empty(), "{damage}: {:?}", report.problems);
+    }
+}

@@ -42,6 +42,7 @@ pub fn token(command: &TokenCommand) -> anyhow::Result<ExitCode> {
             let role = match args.role {
                 RoleArg::Read => auth::Role::Read,
                 RoleArg::Write => auth::Role::Write,
+                RoleArg::Admin => auth::Role::Admin,
             };
             let token = auth::add(&args.tokens, role, args.label.as_deref())
                 .with_context(|| format!("cannot add a token to `{}`", args.tokens.display()))?;
