@@ -569,6 +569,15 @@ pub struct ServeArgs {
     /// How long requests in flight may take to finish after SIGINT or SIGTERM.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: std::time::Duration,
+    /// How long a client may take to send a request's head; then the connection is closed.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_timeout: std::time::Duration,
+    /// Longest pause in a request's body; then the request is answered 408 and closed.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub body_timeout: std::time::Duration,
+    /// Connections one client address may hold at once; more are closed as they arrive.
+    #[arg(long, value_name = "N", default_value = "256")]
+    pub max_connections_per_client: usize,
 }
 
 #[derive(Debug, Subcommand)]

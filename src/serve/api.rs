@@ -9,6 +9,7 @@
 //! carry the store's ETag and must be revalidated.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -294,7 +295,13 @@ async fn stat_object(state: &AppState, path: &ObjectPath, headers: &HeaderMap) -
 /// [`DRAIN_MAX`] more bytes: a client still sending when the answer comes would see a reset
 /// connection instead of the reason. Beyond that, or when `Content-Length` already says so,
 /// the answer comes at once and the connection is closed.
-async fn read_body(body: Body, headers: &HeaderMap, limit: u64, what: &str) -> Result<Bytes, ApiError> {
+async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: u64,
+    what: &str,
+    idle: Duration,
+) -> Result<Bytes, ApiError> {
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     let mut stream = body.into_data_stream();
@@ -306,7 +313,17 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: u64, what: &str) -> R
     }
     let capacity = declared.unwrap_or(0).min(limit).min(64 * 1024 * 1024);
     let mut collected = bytes::BytesMut::with_capacity(usize::try_from(capacity).unwrap_or(0));
-    while let Some(piece) = stream.next().await {
+    // A body that stops arriving holds nothing: after `idle` without a byte, the answer is 408
+    // and the connection closes (the unread rest cannot carry another request).
+    loop {
+        let next = tokio::time::timeout(idle, stream.next()).await.map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!("the body stopped arriving (nothing for {})", humantime::format_duration(idle)),
+            )
+        })?;
+        let Some(piece) = next else { break };
         let piece = piece.map_err(|e| ApiError::bad_request(format!("the body could not be read: {e}")))?;
         if (collected.len() + piece.len()) as u64 > limit {
             drain(&mut stream).await;
@@ -343,7 +360,7 @@ async fn write_object(
     body: Body,
 ) -> Result<Response, ApiError> {
     let (limit, what) = limit_for(state, path);
-    let bytes = read_body(body, headers, limit, what).await?;
+    let bytes = read_body(body, headers, limit, what, state.body_timeout).await?;
     admission::check(&*state.store, path, &bytes).await?;
     let if_none_match = headers.get(header::IF_NONE_MATCH).is_some_and(|v| v.as_bytes() == b"*");
     let if_match = headers

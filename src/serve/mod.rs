@@ -9,6 +9,7 @@
 //! - [`browse`]: the snapshot browser, server-rendered HTML at `/`;
 //! - [`auth`]: bearer tokens with roles, from a file of their hashes;
 //! - [`metrics`]: Prometheus metrics at `/metrics`; `/healthz` answers while the process runs;
+//! - [`conn`]: accepting connections, a bound per client, time limits on reading requests;
 //! - [`error`]: public error messages, details to the log;
 //! - `manifests`: the in-memory cache of manifests.
 //!
@@ -20,6 +21,7 @@
 pub mod api;
 pub mod auth;
 pub mod browse;
+pub mod conn;
 pub mod error;
 mod manifests;
 pub mod metrics;
@@ -78,6 +80,8 @@ pub struct ServeOptions {
     pub shutdown_grace: Duration,
     /// Bytes of manifests kept in memory.
     pub manifest_cache_bytes: usize,
+    pub timeouts: conn::Timeouts,
+    pub connections: conn::ConnectionLimits,
 }
 
 /// What every request can reach.
@@ -87,6 +91,8 @@ pub struct AppState {
     pub tokens: Tokens,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
+    /// Longest gap allowed between two pieces of a request body.
+    pub body_timeout: Duration,
     manifests: manifests::ManifestCache,
 }
 
@@ -288,14 +294,12 @@ pub async fn run(
         tokens,
         metrics: Arc::new(Metrics::default()),
         limits: options.limits,
+        body_timeout: options.timeouts.body,
         manifests: manifests::ManifestCache::new(options.manifest_cache_bytes),
     });
     let stop = Arc::new(tokio::sync::Notify::new());
-    let server = axum::serve(listener, app(state)).with_graceful_shutdown({
-        let stop = stop.clone();
-        async move { stop.notified().await }
-    });
-    let mut task = tokio::spawn(async move { server.await });
+    let server = conn::serve(listener, app(state), options.timeouts, options.connections, stop.clone());
+    let mut task = tokio::spawn(server);
     let result = tokio::select! {
         done = &mut task => done,
         () = shutdown => {

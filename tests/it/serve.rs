@@ -761,3 +761,79 @@ async fn the_snapshot_browser_renders_in_chromium() {
         (60..400).flat_map(|y| (0..1280).map(move |x| (x, y))).filter(|&(x, y)| pixel(x, y).0 < 100).count();
     assert!(dark > 2000, "the page looks empty ({dark} dark pixels)");
 }
+
+/// Slow clients cannot hold the service: a head that does not arrive in time, or a body that
+/// stops, ends its connection; one client's connections are bounded, and another client (and
+/// `/healthz`) is served all the while.
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_clients_are_cut_off_and_others_keep_being_served() {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    let write = new_token(&tokens, "write");
+    let mut command = Command::new(bin());
+    command
+        .env_remove("RUST_LOG")
+        .env("XDG_CACHE_HOME", dir.path().join("cache"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--tokens"])
+        .arg(&tokens)
+        .args(["--store", dir.path().join("store").to_str().unwrap()])
+        .args(["--header-timeout", "1s", "--body-timeout", "1s", "--max-connections-per-client", "32"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = command.spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr: std::net::SocketAddr = line.trim().trim_start_matches("http://").parse().unwrap();
+
+    // 300 unfinished requests from one client.
+    let mut slow = Vec::new();
+    for _ in 0..300 {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _ = stream.write_all(b"GET /v1/objects HTTP/1.1\r\nHost: x\r\n").await;
+        slow.push(stream);
+    }
+    // Another client: /healthz answers, promptly, while they wait.
+    let healthz = || async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut stream = socket.connect(addr).await.unwrap();
+        stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(2), stream.read_to_string(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        answer
+    };
+    for _ in 0..3 {
+        assert!(healthz().await.starts_with("HTTP/1.1 200"));
+    }
+    // Beyond its 32 connections the client's are closed at once; the 32 it holds are closed
+    // once their head is a second late.
+    let started = std::time::Instant::now();
+    let mut cut = 0;
+    for stream in &mut slow {
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(4), stream.read(&mut buf)).await;
+        if matches!(read, Ok(Ok(0) | Err(_))) {
+            cut += 1;
+        }
+    }
+    assert_eq!(cut, 300, "every unfinished request ends, the slow ones after the header timeout");
+    assert!(started.elapsed() < Duration::from_secs(6), "{:?}", started.elapsed());
+    // A body that stops: 408, and the connection closes.
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "PUT /v1/objects/v1/secrets/x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {write}\r\nContent-Length: 100000\r\n\r\nabc"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(4), stream.read_to_end(&mut answer)).await.unwrap().unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(healthz().await.starts_with("HTTP/1.1 200"));
+    let _ = child.kill();
+    let _ = child.wait();
+}

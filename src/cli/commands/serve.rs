@@ -23,6 +23,8 @@ pub async fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<ExitCo
         shutdown_grace: args.shutdown_grace,
         manifest_cache_bytes: usize::try_from(size(&args.manifest_cache, "--manifest-cache")?)
             .unwrap_or(usize::MAX),
+        timeouts: serve::conn::Timeouts { header: args.header_timeout, body: args.body_timeout },
+        connections: serve::conn::ConnectionLimits { per_client: args.max_connections_per_client.max(1) },
     };
     // Signals are caught from before the address is announced.
     let signals = ShutdownSignals::new()?;
