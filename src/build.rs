@@ -282,6 +282,7 @@ pub async fn build(session: &Session, options: &BuildOptions) -> Result<BuildRep
     let loaded = open_secrets(session, secrets)
         .await
         .context("nothing was built: install runs with all of its secrets or not at all")?;
+    refuse_secret_values(&plan, &loaded)?;
     let engine = session.engine.get().await?;
     let cleanup = Cleanup::new(engine.clone());
     let miss = Miss { session, options, plan: &plan, engine: &engine, secrets: &loaded, cleanup: &cleanup };
@@ -291,6 +292,33 @@ pub async fn build(session: &Session, options: &BuildOptions) -> Result<BuildRep
     };
     cleanup.run().await;
     outcome.map_err(Error::masked)
+}
+
+/// Refuses a build arg or an environment value that is a stored secret's value: build args
+/// are written into the image's history and the environment into the container's
+/// configuration, where a secret must never be. The error names the variable and the secret,
+/// never the value.
+fn refuse_secret_values(plan: &Plan, loaded: &[Loaded]) -> Result<()> {
+    let given = plan
+        .build_args
+        .iter()
+        .map(|(k, v)| ("--build-arg", k, v))
+        .chain(plan.env.iter().map(|(k, v)| ("--env", k, v)));
+    for (flag, name, value) in given {
+        if let Some(secret) = loaded.iter().find(|s| !value.is_empty() && s.value.expose() == value) {
+            return Err(Error::Failed(format!(
+                "`{flag} {name}` carries the value of the secret `{}` ({}); nothing was built\nhint: {}",
+                secret.name,
+                secret.scope,
+                if flag == "--build-arg" {
+                    "build args are kept in the image's history: read the secret in the Dockerfile with `RUN --mount=type=secret,id=NAME` (set it with `envbuild secrets set NAME --when install`)"
+                } else {
+                    "install sees the secrets in its scope as environment variables already: drop the `--env` and reference the variable"
+                }
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Checkpoint images deeper than this are not built on: each incremental build adds a layer,
@@ -741,7 +769,7 @@ impl Miss<'_> {
             environment: Some(environment),
             keys: Some(keys),
         };
-        let leak_scanner = SecretScanner::new(records::patterns(self.secrets)?)
+        let leak_scanner = SecretScanner::new(&records::patterns(self.secrets)?)?
             .map(|scanner| Arc::new(scanner) as Arc<dyn LeakScanner>);
         Ok(IngestOptions {
             concurrency: self.session.jobs,

@@ -26,18 +26,32 @@ pub async fn find(store: &dyn envbuild_cache::Store, query: &str) -> Result<(Sna
     Ok((id, manifest))
 }
 
-/// Stores the root file system tar `input` (of `size` bytes when known) as a snapshot.
+/// Stores the root file system tar `input` (of `size` bytes when known) as a snapshot. With
+/// `scan`, the stream is searched for the values of every secret of the store (raw, base64,
+/// hex), as a build's is, and refused when it holds one.
 pub async fn import(
     session: &Session,
     input: Box<dyn Read + Send>,
     size: Option<u64>,
+    scan: bool,
 ) -> Result<IngestReport> {
     let counters = Arc::new(Progress::default());
     if let Some(size) = size {
         counters.total.store(size, std::sync::atomic::Ordering::Relaxed);
     }
+    let leak_scanner = if scan {
+        let found = envbuild_secrets::records::list(&*session.store, &[]).await?;
+        let loaded = envbuild_secrets::records::open_all(&session.keyring, found).await.context(
+            "cannot search the stream for the store's secrets\nhint: point ENVBUILD_MASTER_KEY (or the KMS key) at the key that seals them, or pass --no-secret-scan",
+        )?;
+        envbuild_secrets::scan::SecretScanner::new(&envbuild_secrets::records::patterns(&loaded)?)?
+            .map(|scanner| Arc::new(scanner) as Arc<dyn envbuild_cache::ingest::LeakScanner>)
+    } else {
+        None
+    };
     let options = IngestOptions {
         concurrency: session.jobs,
+        leak_scanner,
         verified: crate::store::verified(&*session.store),
         ..IngestOptions::default()
     };

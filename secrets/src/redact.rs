@@ -1,7 +1,9 @@
 //! Keeping secret values out of everything envbuild prints, logs or stores.
 //!
 //! [`Patterns`] expands each redacted value into the forms it commonly takes in output: the
-//! raw bytes (with `\r\n` line endings too, and each line of a multi-line value on its own),
+//! raw bytes (with `\r\n` line endings too, and each line of a multi-line value on its own,
+//! however short: a line printed alone is part of the secret all the same; only lines with no
+//! letter or digit, which carry none of it, are left out),
 //! hex in both cases, URL encoding (`%XX` in both cases, `+` for spaces), and base64 (standard
 //! and URL-safe) at each of the three alignments the value can have inside a longer encoded
 //! string: the characters that depend only on the value's own bits, so a match does not depend
@@ -84,7 +86,10 @@ pub fn encodings(value: &[u8]) -> Vec<Vec<u8>> {
             value.iter().flat_map(|&b| if b == b'\n' { vec![b'\r', b'\n'] } else { vec![b] }).collect();
         push(&mut out, crlf);
         for line in value.split(|&b| b == b'\n') {
-            push(&mut out, line.strip_suffix(b"\r").unwrap_or(line).to_vec());
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.iter().any(u8::is_ascii_alphanumeric) && !out.iter().any(|p| p == line) {
+                out.push(line.to_vec());
+            }
         }
     }
     push(&mut out, hex::encode(value).into_bytes());
@@ -139,6 +144,13 @@ impl Patterns {
             Some(built)
         };
         Ok(Self { forms, automaton, longest })
+    }
+
+    /// These patterns without the short ones (lines of a multi-line value shorter than
+    /// [`MIN_SECRET_LEN`]): for the leak scan of a snapshot, where a two-letter line would
+    /// match in any binary. Masking output keeps them.
+    pub fn for_scanning(&self) -> Result<Self> {
+        Self::compile(self.forms.iter().filter(|(p, _)| p.len() >= MIN_SECRET_LEN).cloned().collect())
     }
 
     /// These patterns and `other`'s.
@@ -327,6 +339,10 @@ mod tests {
         assert!(!patterns.redact_str(&format!("dump:\n{pem}\n")).contains("MIIE"));
         assert!(!patterns.redact_str(&pem.replace('\n', "\r\n")).contains("MIIE"));
         assert_eq!(patterns.redact_str("only MIIEzyxwvuts9876 leaked"), "only *** leaked");
+        // A short line is masked too; a line of punctuation carries nothing and is not.
+        let short = "user=ab\nk9\n}\n";
+        let patterns = Patterns::new([("CREDS", short.as_bytes())]).unwrap();
+        assert_eq!(patterns.redact_str("the code is k9 now }"), "the code is *** now }");
     }
 
     #[test]

@@ -12,9 +12,11 @@ use crate::redact::Patterns;
 pub struct SecretScanner(Patterns);
 
 impl SecretScanner {
-    /// A scanner for `patterns`, or `None` when there is nothing to look for.
-    pub fn new(patterns: Patterns) -> Option<Self> {
-        (!patterns.is_empty()).then_some(Self(patterns))
+    /// A scanner for `patterns` (all but the short lines of multi-line values, which would
+    /// match in any binary), or `None` when there is nothing to look for.
+    pub fn new(patterns: &Patterns) -> crate::error::Result<Option<Self>> {
+        let patterns = patterns.for_scanning()?;
+        Ok((!patterns.is_empty()).then_some(Self(patterns)))
     }
 }
 
@@ -35,10 +37,16 @@ mod tests {
     #[test]
     fn finds_values_and_encodings_by_name() {
         let patterns = Patterns::new([("NPM_TOKEN", b"npm_abcdefghijklmnop".as_slice())]).unwrap();
-        let scanner = SecretScanner::new(patterns).unwrap();
+        let scanner = SecretScanner::new(&patterns).unwrap().unwrap();
         let found = scanner.find(b"//registry/:_authToken=npm_abcdefghijklmnop\n");
         assert_eq!(found, vec![(23, "NPM_TOKEN".to_owned())]);
         assert!(scanner.find(b"nothing here").is_empty());
-        assert!(SecretScanner::new(Patterns::none()).is_none());
+        assert!(SecretScanner::new(&Patterns::none()).unwrap().is_none());
+        // The short line of a multi-line value is masked in output, not searched for in files.
+        let patterns = Patterns::new([("CREDS", b"user=someone\nk9".as_slice())]).unwrap();
+        assert_eq!(patterns.redact_str("k9"), "***");
+        let scanner = SecretScanner::new(&patterns).unwrap().unwrap();
+        assert!(scanner.find(b"binary k9 bytes").is_empty());
+        assert_eq!(scanner.find(b"user=someone\nk9").len(), 1);
     }
 }

@@ -213,6 +213,10 @@ pub struct ImportArgs {
     /// The tar file, or `-` for stdin.
     #[arg(value_name = "TAR|-")]
     pub input: String,
+    /// Store the stream without searching it for the values of the store's secrets. Without
+    /// it, a stream holding one (raw, base64 or hex) is refused, as a build's is.
+    #[arg(long)]
+    pub no_secret_scan: bool,
 }
 
 #[derive(Debug, Args)]

@@ -426,3 +426,87 @@ async fn a_failed_classic_build_leaves_no_layers_or_containers() {
         );
     }
 }
+
+/// `--build-arg` reaches the Dockerfile's `ARG`, its value is a digest in every key document
+/// (manifest, `key --json`, `inspect --json`), and a value that is a stored secret's is
+/// refused, naming the variable and the secret, never the value.
+#[tokio::test(flavor = "multi_thread")]
+async fn build_args_reach_the_build_and_stay_out_of_key_documents() {
+    let Some(_engine) = engine().await else { return };
+    let repo = repo("basic");
+    let dockerfile = repo.path().join(".cursor/Dockerfile");
+    let mut text = std::fs::read_to_string(&dockerfile).unwrap();
+    text.push_str("ARG GREETING=unset\nRUN echo \"$GREETING\" > /opt/greeting\n");
+    std::fs::write(&dockerfile, text).unwrap();
+    commit(repo.path(), "an ARG");
+    let store = tempfile::tempdir().unwrap();
+    let value = "hello-from-a-build-arg-2f9c";
+    let report = build(store.path(), repo.path(), &["--build-arg", &format!("GREETING={value}")]);
+    let id = report["id"].as_str().unwrap();
+    let root = store.path().join("rootfs");
+    envbuild(store.path()).args(["fetch", id, "--to"]).arg(&root).assert().success();
+    assert_eq!(std::fs::read_to_string(root.join("opt/greeting")).unwrap(), format!("{value}\n"));
+    for args in [
+        vec!["inspect", id, "--json"],
+        vec![
+            "key",
+            "--json",
+            "--build-arg",
+            &format!("GREETING={value}"),
+            "--repo",
+            repo.path().to_str().unwrap(),
+        ],
+    ] {
+        let out = envbuild(store.path()).args(&args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains(value), "{args:?} shows the value");
+    }
+    for file in walk(store.path().join("v1").as_path()) {
+        let bytes = std::fs::read(&file).unwrap();
+        assert!(
+            !bytes.windows(value.len()).any(|w| w == value.as_bytes()),
+            "{} holds the value",
+            file.display()
+        );
+    }
+    // The same value as a stored secret: refused before anything is built.
+    let secret = "s3cr3t-value-of-a-token-88";
+    let home = tempfile::tempdir().unwrap();
+    let set = envbuild(store.path())
+        .env("ENVBUILD_MASTER_KEY", home.path().join("master.key"))
+        .current_dir(repo.path())
+        .args(["secrets", "set", "NPM_TOKEN"])
+        .write_stdin(secret)
+        .output()
+        .unwrap();
+    assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
+    let out = envbuild(store.path())
+        .env("ENVBUILD_MASTER_KEY", home.path().join("master.key"))
+        .args(["build", "--build-arg", &format!("TOKEN={secret}"), "--repo"])
+        .arg(repo.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--build-arg TOKEN") && stderr.contains("NPM_TOKEN") && stderr.contains("hint:"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(secret), "{stderr}");
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            if entry.file_type().unwrap().is_dir() {
+                stack.push(entry.path());
+            } else {
+                out.push(entry.path());
+            }
+        }
+    }
+    out
+}

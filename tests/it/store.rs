@@ -486,3 +486,44 @@ fn an_interrupted_fetch_leaves_nothing_and_gc_sweeps_what_a_crash_left() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(leftovers(&dest).is_empty(), "{:?}", leftovers(&dest));
 }
+
+/// `import` searches the stream for the store's secrets as a build does; `--no-secret-scan`
+/// skips it.
+#[test]
+fn import_refuses_a_stream_holding_a_secret_unless_told_not_to_look() {
+    let work = tempfile::tempdir().unwrap();
+    let store = work.path().join("store");
+    import(&store, sample_tar(71));
+    let key = work.path().join("master.key");
+    let value = "tok_0123456789abcdefXYZ";
+    let set = envbuild(&store)
+        .env("ENVBUILD_MASTER_KEY", &key)
+        .args(["secrets", "set", "API_TOKEN", "--scope", "workspace"])
+        .write_stdin(value)
+        .output()
+        .unwrap();
+    assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
+    let leaky = write_tar(&[
+        RawEntry::dir("etc"),
+        RawEntry::file("etc/app.conf", format!("token = {value}\n").as_bytes()),
+    ]);
+    let out = envbuild(&store)
+        .env("ENVBUILD_MASTER_KEY", &key)
+        .args(["import", "-"])
+        .write_stdin(leaky.clone())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("API_TOKEN") && stderr.contains("/etc/app.conf") && !stderr.contains(value),
+        "{stderr}"
+    );
+    let out = envbuild(&store)
+        .env("ENVBUILD_MASTER_KEY", &key)
+        .args(["import", "-", "--no-secret-scan"])
+        .write_stdin(leaky)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

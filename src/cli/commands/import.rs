@@ -24,7 +24,7 @@ pub async fn run(
         let size = file.metadata().ok().map(|m| m.len());
         (Box::new(file), format!("`{}`", args.input), size)
     };
-    let report = snapshots::import(&session, input, size)
+    let report = snapshots::import(&session, input, size, !args.no_secret_scan)
         .await
         .with_context(|| format!("cannot import {name} into {}", session.store.location()))?;
     ui::eprint_line(summary(&name, &report));
