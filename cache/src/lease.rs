@@ -11,7 +11,10 @@
 //! racing parties sees the other; never both proceed.
 //!
 //! A lease is live while its object was modified within [`LIVE_FOR`]; holders refresh it every
-//! [`REFRESH_EVERY`], so a crashed holder blocks the other side for at most [`LIVE_FOR`].
+//! [`REFRESH_EVERY`]. A lease names its holder (host and process id): one held by a process of
+//! this host that no longer runs (killed, crashed) is released at once by whoever finds it, so
+//! only a holder on another host that died can block the other side, for at most [`LIVE_FOR`].
+//! A refusal says whose lease it is and since when.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -66,10 +69,9 @@ impl Drop for Lease {
 }
 
 fn body(kind: LeaseKind) -> Bytes {
-    let host = rustix::system::uname().nodename().to_string_lossy().into_owned();
     let doc = serde_json::json!({
         "kind": match kind { LeaseKind::Write => "write", LeaseKind::Gc => "gc" },
-        "host": host,
+        "host": this_host(),
         "pid": std::process::id(),
     });
     Bytes::from(doc.to_string())
@@ -82,18 +84,56 @@ async fn put_own(store: &Arc<dyn Store>, kind: LeaseKind) -> Result<ObjectPath> 
     Ok(path)
 }
 
-/// Live leases of `kind` other than `own`.
-async fn live_others(store: &Arc<dyn Store>, kind: LeaseKind, own: &ObjectPath) -> Result<Vec<ObjectPath>> {
+/// What a lease says of its holder.
+#[derive(Debug, serde::Deserialize)]
+struct Holder {
+    host: String,
+    pid: u32,
+}
+
+fn this_host() -> String {
+    rustix::system::uname().nodename().to_string_lossy().into_owned()
+}
+
+/// A live lease of another process: its path, who holds it, and since when, for messages.
+#[derive(Debug)]
+struct Live {
+    holder: String,
+}
+
+/// Live leases of `kind` other than `own`. Leases of processes of this host that no longer
+/// run are released on the way.
+async fn live_others(store: &Arc<dyn Store>, kind: LeaseKind, own: &ObjectPath) -> Result<Vec<Live>> {
     let now = SystemTime::now();
     let prefix = format!("{LEASES}{}", kind.prefix());
-    Ok(store
-        .list(&prefix)
-        .await?
-        .into_iter()
-        .filter(|m| m.path != *own)
-        .filter(|m| now.duration_since(m.last_modified).map_or(true, |age| age < LIVE_FOR))
-        .map(|m| m.path)
-        .collect())
+    let host = this_host();
+    let mut live = Vec::new();
+    for meta in store.list(&prefix).await? {
+        if meta.path == *own || now.duration_since(meta.last_modified).is_ok_and(|age| age >= LIVE_FOR) {
+            continue;
+        }
+        let holder: Option<Holder> = match store.get(&meta.path, 4096).await {
+            Ok(got) => serde_json::from_slice(&got.bytes).ok(),
+            // Released meanwhile.
+            Err(e) if e.is_not_found() => continue,
+            Err(_) => None,
+        };
+        let since = now.duration_since(meta.last_modified).map_or_else(
+            |_| "just now".to_owned(),
+            |age| format!("refreshed {} ago", humantime::format_duration(Duration::from_secs(age.as_secs()))),
+        );
+        let described = match &holder {
+            Some(h) if h.host == host && i32::try_from(h.pid).is_ok_and(|pid| !crate::staging::alive(pid)) => {
+                tracing::info!("releasing `{}`: its holder, process {} of this host, no longer runs", meta.path, h.pid);
+                store.delete(&meta.path).await?;
+                continue;
+            }
+            Some(h) => format!("process {} on {}, {since}", h.pid, h.host),
+            None => format!("an unknown holder, {since}"),
+        };
+        live.push(Live { holder: format!("`{}` ({described})", meta.path) });
+    }
+    Ok(live)
 }
 
 fn start_refresher(store: Arc<dyn Store>, path: ObjectPath, kind: LeaseKind) -> tokio::task::JoinHandle<()> {
@@ -120,9 +160,9 @@ pub async fn acquire_write(store: &Arc<dyn Store>) -> Result<Lease> {
         store.delete(&own).await?;
         if started.elapsed() > WRITER_PATIENCE {
             return Err(Error::Busy(format!(
-                "a garbage collection is running in {} (lease `{}`); try again when it is done",
+                "a garbage collection is running in {} (lease {}); try again when it is done",
                 store.location(),
-                gcs[0]
+                gcs[0].holder
             )));
         }
         tracing::info!("waiting for the garbage collection in {} to finish", store.location());
@@ -142,7 +182,7 @@ pub async fn acquire_gc(store: &Arc<dyn Store>) -> Result<Lease> {
             others.len(),
             if others.len() == 1 { " is" } else { "es are" },
             store.location(),
-            others.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>().join(", ")
+            others.iter().map(|l| l.holder.clone()).collect::<Vec<_>>().join(", ")
         )));
     }
     let refresher = start_refresher(store.clone(), own.clone(), LeaseKind::Gc);

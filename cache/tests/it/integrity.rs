@@ -221,3 +221,27 @@ async fn a_re_import_after_damage_repairs_the_chunk_instead_of_trusting_it() {
         assert!(report.problems.is_empty(), "{damage}: {:?}", report.problems);
     }
 }
+
+/// A writer's lease whose process of this host is gone is released at once, and gc runs; a
+/// lease held elsewhere blocks gc with a message naming its holder and age.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_writers_lease_is_released_at_once() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = gone.id();
+    gone.wait().unwrap();
+    let host = rustix::system::uname().nodename().to_string_lossy().into_owned();
+    let lease = |name: &str, host: &str, pid: u32| {
+        let store = store.clone();
+        let body = serde_json::json!({ "kind": "write", "host": host, "pid": pid }).to_string();
+        let path = layout::lease(name).unwrap();
+        async move { store.put(&path, body.into(), envbuild_cache::store::PutMode::Create).await.unwrap() }
+    };
+    lease("write-dead", &host, dead_pid).await;
+    let options = GcOptions { grace: Duration::ZERO, dry_run: false, concurrency: 1 };
+    gc::gc(&store, options).await.unwrap();
+    assert!(store.head(&layout::lease("write-dead").unwrap()).await.unwrap().is_none(), "released");
+    lease("write-elsewhere", "another-host", 4242).await;
+    let err = gc::gc(&store, options).await.unwrap_err().to_string();
+    assert!(err.contains("process 4242 on another-host") && err.contains("ago"), "{err}");
+}
