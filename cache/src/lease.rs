@@ -123,8 +123,14 @@ async fn live_others(store: &Arc<dyn Store>, kind: LeaseKind, own: &ObjectPath) 
             |age| format!("refreshed {} ago", humantime::format_duration(Duration::from_secs(age.as_secs()))),
         );
         let described = match &holder {
-            Some(h) if h.host == host && i32::try_from(h.pid).is_ok_and(|pid| !crate::staging::alive(pid)) => {
-                tracing::info!("releasing `{}`: its holder, process {} of this host, no longer runs", meta.path, h.pid);
+            Some(h)
+                if h.host == host && i32::try_from(h.pid).is_ok_and(|pid| !crate::staging::alive(pid)) =>
+            {
+                tracing::info!(
+                    "releasing `{}`: its holder, process {} of this host, no longer runs",
+                    meta.path,
+                    h.pid
+                );
                 store.delete(&meta.path).await?;
                 continue;
             }
