@@ -15,7 +15,8 @@
 //!   [`delta`]: what an incremental install changed, read in proportion to the change.
 //! - [`boot`]: boot a snapshot into an environment; [`envs`]: list, follow and stop them.
 //! - [`export`]: a snapshot as a Docker image, a tar file, an OCI layout or an ext4 image.
-//! - [`snapshots`]: import, list and restore snapshots; [`transfer`]: copy them between stores.
+//! - [`snapshots`]: import, list and restore snapshots; [`transfer`]: copy them between stores;
+//!   [`retention`]: remove them (`rm`, `prune`).
 //! - [`secrets`]: set, list and remove secrets; [`init`]: a starter config.
 //! - [`serve`]: the HTTP service, `serve::run(listener, shutdown, ...)`.
 //! - [`store`]: which store, and opening it; [`env`]: environment variables and defaults.
@@ -34,6 +35,7 @@ pub mod error;
 pub mod export;
 pub mod format;
 pub mod init;
+pub mod retention;
 pub mod secrets;
 pub mod serve;
 pub mod session;

@@ -68,6 +68,8 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Diff(args) => commands::diff::run(global, args, &cancel).await,
         Command::Verify(args) => stoppable(Box::pin(commands::verify::run(global, args, &cancel))).await,
         Command::Gc(args) => commands::gc::run(global, args, &cancel).await,
+        Command::Rm(args) => commands::retention::rm(global, args, &cancel).await,
+        Command::Prune(args) => commands::retention::prune(global, args, &cancel).await,
         Command::Build(args) => commands::build::run(global, args, &cancel).await,
         Command::Key(args) => commands::key::run(global, args, &cancel).await,
         Command::Explain(args) => commands::explain::run(global, args, &cancel).await,

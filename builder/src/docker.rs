@@ -15,9 +15,9 @@ use bollard::errors::Error as BollardError;
 use bollard::models::{ContainerCreateBody, ExecConfig, HostConfig};
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, BuilderVersion, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
-    DownloadFromContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
-    RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder, StopContainerOptionsBuilder,
-    UploadToContainerOptionsBuilder,
+    DownloadFromContainerOptionsBuilder, ListContainersOptionsBuilder, ListImagesOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder,
+    StopContainerOptionsBuilder, UploadToContainerOptionsBuilder,
 };
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -489,6 +489,16 @@ impl ContainerEngine for DockerEngine {
             Ok(()) | Err(BollardError::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
             Err(e) => Err(Self::failed(format!("remove the volume `{name}`"))(e)),
         }
+    }
+
+    async fn labelled_images(
+        &self,
+        label: &str,
+    ) -> Result<Vec<(String, BTreeMap<String, String>)>, EngineError> {
+        let filters = HashMap::from([("label".to_owned(), vec![label.to_owned()])]);
+        let options = ListImagesOptionsBuilder::default().filters(&filters).build();
+        let list = self.docker.list_images(Some(options)).await.map_err(Self::failed("list images"))?;
+        Ok(list.into_iter().map(|image| (image.id, image.labels.into_iter().collect())).collect())
     }
 
     async fn containers(&self, label: &str) -> Result<Vec<ContainerInfo>, EngineError> {

@@ -221,6 +221,15 @@ pub trait ContainerEngine: Send + Sync + std::fmt::Debug {
 
     async fn remove_image(&self, id: &str) -> Result<(), EngineError>;
 
+    /// The images carrying `label` (`key` or `key=value`): their ids and labels. An engine
+    /// that cannot list images has none to show.
+    async fn labelled_images(
+        &self,
+        _label: &str,
+    ) -> Result<Vec<(String, BTreeMap<String, String>)>, EngineError> {
+        Ok(Vec::new())
+    }
+
     /// Makes an image of the container's file system as it is now (`docker commit`), with
     /// exactly the configuration `config` (nothing of the container's own, such as its
     /// environment) and `labels`; returns its id.

@@ -18,7 +18,8 @@
 //!   changed. [`restore`]: snapshot out as a stream or a tree.
 //! - [`extract`]: safe extraction into a directory; [`staging`]: what a fetch builds beside
 //!   its target, removed on every path.
-//! - [`catalog`]: snapshots, key records, refs, and resolving a query to an id.
+//! - [`catalog`]: snapshots, key records, refs, and resolving a query to an id;
+//!   [`retention`]: removing snapshots (`rm`, `prune`).
 //! - [`verified`]: the chunks this host knows sound in a store, so dedup never trusts a
 //!   damaged one and rarely reads one back.
 //! - [`verify`], [`gc`], [`diff`], [`lease`]: checking, collecting, comparing, and keeping
@@ -40,6 +41,7 @@ pub mod layout;
 pub mod lease;
 pub mod manifest;
 pub mod restore;
+pub mod retention;
 pub mod splice;
 pub mod staging;
 pub mod store;

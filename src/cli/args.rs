@@ -98,10 +98,31 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Remove chunks no snapshot references, older than the grace period.
     ///
-    /// Snapshots are never removed. gc does not run while another process writes to the store
-    /// (it says which), and never removes anything younger than `--grace`, so an import in
-    /// progress elsewhere is never cut short.
+    /// Snapshots are never removed (that is `rm` and `prune`). gc does not run while another
+    /// process writes to the store (it says which), and never removes anything younger than
+    /// `--grace`, so an import in progress elsewhere is never cut short. It also removes what
+    /// interrupted fetches left on this host, and package-cache volumes past their bounds.
     Gc(GcArgs),
+    /// Remove snapshots: their manifests and every key record and head naming them.
+    ///
+    /// A snapshot a ref names is refused unless `--force` (which removes the ref too). The
+    /// chunks only they used go at the next `gc`; this host's engine images of them go now.
+    #[command(after_help = "Examples:
+  envbuild rm sha256:3f2a...
+  envbuild rm 3f2a9c 77b1e0 --force")]
+    Rm(RmArgs),
+    /// Keep what retention rules say, per repository, and remove the rest; then collect.
+    ///
+    /// Snapshots are grouped by the repository their key records name (imports form one more
+    /// group). In each group the newest `--keep-last` stay, and those made within
+    /// `--keep-within`; a snapshot a ref names stays unless `--include-refs`. The rest are
+    /// removed as `rm` would, `gc` collects what only they used, and this host's engine images
+    /// of them and stopped install containers go. `--dry-run` lists what would go and the
+    /// bytes it would free.
+    #[command(after_help = "Examples:
+  envbuild prune --keep-last 3 --dry-run
+  envbuild prune --keep-last 5 --keep-within 14days")]
+    Prune(PruneArgs),
     /// Build the environment of a repository, or find it already built.
     ///
     /// Reads `.cursor/environment.json`, computes the system key (Dockerfile, build context,
@@ -299,6 +320,41 @@ pub struct GcArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// Keep unreferenced objects younger than this (`30m`, `2h`, `7days`).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub grace: std::time::Duration,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// The snapshots: ids, unique prefixes of at least 6 hex digits, or ref names.
+    #[arg(required = true, value_name = "SNAPSHOT")]
+    pub snapshots: Vec<String>,
+    /// Remove a snapshot a ref names too, and the ref.
+    #[arg(long)]
+    pub force: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Keep the newest N snapshots of each repository.
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<usize>,
+    /// Keep the snapshots made within this long (`7days`, `36h`).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub keep_within: Option<std::time::Duration>,
+    /// Let snapshots that refs name go too (and the refs).
+    #[arg(long)]
+    pub include_refs: bool,
+    /// Say what would go and the bytes it would free; remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// gc's grace period for the chunks left behind.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub grace: std::time::Duration,
     /// Print JSON.

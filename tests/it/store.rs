@@ -527,3 +527,111 @@ fn import_refuses_a_stream_holding_a_secret_unless_told_not_to_look() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Writes a key record for `snapshot` of `repository`, made `hours_ago`.
+fn key_record(store: &Path, n: u8, snapshot: &str, repository: &str, hours_ago: u64) {
+    let key = envbuild_cache::Digest::of(&[n, 0xee]);
+    let created = std::time::SystemTime::now() - std::time::Duration::from_secs(hours_ago * 3600);
+    let record = serde_json::json!({
+        "format": "envbuild.key.v1", "key": key.to_string(), "snapshot": snapshot,
+        "created": humantime::format_rfc3339_seconds(created).to_string(), "builder": "test",
+        "info": { "repository": repository },
+    });
+    let path = store.join(envbuild_cache::layout::key(&key).as_str());
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, record.to_string()).unwrap();
+}
+
+fn set_ref(store: &Path, name: &str, snapshot: &str) {
+    let path = store.join("v1/refs").join(name);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let record = serde_json::json!({ "format": "envbuild.ref.v1", "snapshot": snapshot, "updated": "2026-11-30T00:00:00Z" });
+    std::fs::write(path, record.to_string()).unwrap();
+}
+
+fn snapshots_in(store: &Path) -> Vec<String> {
+    let out = envbuild(store).args(["ls", "--json"]).output().unwrap();
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut ids: Vec<String> =
+        rows.as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap().to_owned()).collect();
+    ids.sort();
+    ids
+}
+
+/// `prune` keeps exactly what its rules say, per repository, keeps what a ref names, frees the
+/// bytes it announced; `rm` refuses a snapshot a ref names unless forced.
+#[test]
+fn prune_keeps_exactly_what_its_rules_say_and_rm_respects_refs() {
+    let work = tempfile::tempdir().unwrap();
+    let store = work.path().join("store");
+    // Seeds differ in more than their lowest bit (`noise` ignores it).
+    let ids: Vec<String> = (0..6).map(|i| import(&store, sample_tar(80 + 2 * i))).collect();
+    // repo-a: 0 (1 h), 1 (30 h), 2 (50 h, named by a ref); repo-b: 3 (2 h), 4 (80 h); 5 imported.
+    for (n, (id, repository, hours)) in [
+        (&ids[0], "repo-a", 1),
+        (&ids[1], "repo-a", 30),
+        (&ids[2], "repo-a", 50),
+        (&ids[3], "repo-b", 2),
+        (&ids[4], "repo-b", 80),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        key_record(&store, u8::try_from(n).unwrap(), id, repository, hours);
+    }
+    set_ref(&store, "release", &ids[2]);
+    let out = envbuild(&store).args(["prune", "--keep-last", "1", "--dry-run", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed = |side: &str| {
+        let mut ids: Vec<String> = report["plan"][side]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let mut going = vec![ids[1].clone(), ids[4].clone()];
+    going.sort();
+    assert_eq!(listed("remove"), going);
+    let freed = report["freed_bytes"].as_u64().unwrap();
+    assert!(freed > 6_000_000, "two snapshots of 6 MB of their own: {freed}");
+    assert_eq!(snapshots_in(&store).len(), 6, "a dry run removes nothing");
+
+    let before = du(&store);
+    let out = envbuild(&store).args(["prune", "--keep-last", "1", "--grace", "0s"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut kept = vec![ids[0].clone(), ids[2].clone(), ids[3].clone(), ids[5].clone()];
+    kept.sort();
+    assert_eq!(snapshots_in(&store), kept);
+    assert!(before - du(&store) >= freed, "freed {} of the {freed} announced", before - du(&store));
+    envbuild(&store).args(["verify", "--read-data"]).assert().success();
+
+    // rm: a ref's snapshot needs --force, which removes the ref too.
+    let out = envbuild(&store).args(["rm", &ids[2]]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("`release`") && stderr.contains("--force"), "{stderr}");
+    envbuild(&store).args(["rm", &ids[2], &ids[5], "--force"]).assert().success();
+    assert_eq!(snapshots_in(&store).len(), 2);
+    assert!(!store.join("v1/refs/release").exists());
+    envbuild(&store).args(["verify"]).assert().success();
+}
+
+fn du(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let meta = entry.metadata().unwrap();
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                total += meta.len();
+            }
+        }
+    }
+    total
+}

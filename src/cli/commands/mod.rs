@@ -12,6 +12,7 @@ pub mod init;
 pub mod inspect;
 pub mod key;
 pub mod ls;
+pub mod retention;
 pub mod schema;
 pub mod secrets;
 pub mod serve;

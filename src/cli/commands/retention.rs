@@ -1,0 +1,94 @@
+//! `envbuild rm` and `envbuild prune`: removing snapshots.
+
+use std::process::ExitCode;
+
+use envbuild::format;
+use envbuild::retention::{self, PruneOptions};
+use envbuild_cache::retention::Rules;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{self, GlobalArgs, PruneArgs, RmArgs, output, ui};
+
+pub async fn rm(global: &GlobalArgs, args: &RmArgs, cancel: &CancellationToken) -> anyhow::Result<ExitCode> {
+    let session = cli::reading_session(global, cancel).await?;
+    let report = retention::rm(&session, &args.snapshots, args.force).await?;
+    if args.json {
+        output::json(&report)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for id in &report.removed.snapshots {
+        output::line(id.to_string())?;
+    }
+    ui::eprint_line(format!(
+        "removed {} snapshot(s), {} key record(s), {} head(s){}{}; their chunks go at the next `envbuild gc`",
+        report.removed.snapshots.len(),
+        report.removed.keys,
+        report.removed.heads,
+        if report.removed.refs.is_empty() {
+            String::new()
+        } else {
+            format!(", ref(s) {}", report.removed.refs.join(", "))
+        },
+        if report.engine.is_empty() {
+            String::new()
+        } else {
+            format!(", and from the engine: {}", report.engine.join(", "))
+        },
+    ));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn prune(
+    global: &GlobalArgs,
+    args: &PruneArgs,
+    cancel: &CancellationToken,
+) -> anyhow::Result<ExitCode> {
+    let session = cli::reading_session(global, cancel).await?;
+    let options = PruneOptions {
+        rules: Rules {
+            keep_last: args.keep_last,
+            keep_within: args.keep_within,
+            include_refs: args.include_refs,
+        },
+        dry_run: args.dry_run,
+        grace: args.grace,
+    };
+    let report = retention::prune(&session, options).await?;
+    if args.json {
+        output::json(&report)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let verb = if args.dry_run { "would remove" } else { "removed" };
+    for decision in &report.plan.remove {
+        output::line(format!(
+            "{verb:>12}  {}  {}  {}",
+            decision.snapshot.id, decision.snapshot.repository, decision.reason
+        ))?;
+    }
+    for decision in &report.plan.keep {
+        output::line(format!(
+            "{:>12}  {}  {}  {}",
+            "keep", decision.snapshot.id, decision.snapshot.repository, decision.reason
+        ))?;
+    }
+    ui::eprint_line(format!(
+        "{verb} {} of {} snapshots, freeing {}{}",
+        report.plan.remove.len(),
+        report.plan.remove.len() + report.plan.keep.len(),
+        format::bytes(report.freed_bytes),
+        match &report.gc {
+            Some(gc) => format!(
+                " (gc removed {} chunks, {}; kept {} younger than {})",
+                gc.removed_chunks,
+                format::bytes(gc.removed_bytes),
+                gc.young_chunks,
+                humantime::format_duration(args.grace)
+            ),
+            None => String::new(),
+        }
+    ));
+    if !report.engine.is_empty() {
+        ui::eprint_line(format!("  and from the engine: {}", report.engine.join(", ")));
+    }
+    Ok(ExitCode::SUCCESS)
+}
