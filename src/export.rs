@@ -81,6 +81,7 @@ pub async fn tar_file(
 /// Writes the snapshot as an OCI image layout at `dir` (which must not exist, unless `force`).
 pub async fn oci_layout(
     store: Arc<dyn Store>,
+    id: &SnapshotId,
     manifest: &Manifest,
     dir: &Path,
     reference: &str,
@@ -90,13 +91,14 @@ pub async fn oci_layout(
     vacant(dir, force)?;
     let staging = staging_dir(dir)?;
     let config = build::image_config(manifest)?;
+    let labels = crate::image::labels(id, manifest);
     // The layer is stored as it is, and checked as it passes: a snapshot whose stream is not a
     // whole tar (only a hostile writer makes one) yields no layout.
     let (mut reader, checker) =
         envbuild_cache::tar::checked(bridge::stream_reader(bridge::snapshot_stream(store, manifest, jobs)));
     let (root, reference) = (staging.path().to_path_buf(), reference.to_owned());
     let layout = tokio::task::spawn_blocking(move || {
-        let written = oci::write_layout(&root, &mut reader, &config, &reference);
+        let written = oci::write_layout(&root, &mut reader, &config, &labels, &reference);
         drop(reader);
         (written, checker.finish())
     })

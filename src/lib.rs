@@ -34,6 +34,7 @@ pub mod envs;
 pub mod error;
 pub mod export;
 pub mod format;
+pub mod image;
 pub mod init;
 pub mod retention;
 pub mod secrets;

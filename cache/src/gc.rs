@@ -4,7 +4,8 @@
 //! at snapshots; a chunk is reachable when some manifest lists it. Snapshots themselves are
 //! never collected: removing one is a decision, not garbage. What `gc` removes is therefore the
 //! residue of interrupted or failed writes: chunks no manifest lists, stale leases, and the
-//! backend's own leftovers (temporary files, abandoned multipart uploads).
+//! backend's own leftovers (temporary files, abandoned multipart uploads), and the side
+//! records of the registry API (`v1/images/`, `v1/digests/`) of snapshots removed since.
 //!
 //! Safety against concurrent writers has two layers. `gc` holds a lease and refuses to run
 //! beside a live writer (see `lease`), which rules out deleting a chunk a writer has just found
@@ -26,10 +27,11 @@ use futures::StreamExt;
 use crate::catalog;
 use crate::digest::{Digest, SnapshotId};
 use crate::error::{Error, Result};
+use crate::layout::ObjectPath;
 use crate::layout::{self, CHUNKS};
 use crate::lease;
 use crate::restore;
-use crate::store::{ObjectMeta, Store};
+use crate::store::{ObjectMeta, Store, StoreError};
 
 #[derive(Debug, Clone, Copy)]
 pub struct GcOptions {
@@ -50,6 +52,9 @@ pub struct GcReport {
     pub young_chunks: usize,
     pub removed_leases: usize,
     pub removed_uploads: u64,
+    /// Image records and digest pointers (`v1/images/`, `v1/digests/`) of snapshots that are
+    /// gone.
+    pub removed_image_records: usize,
     /// Snapshots whose manifests are damaged, and how: reported, left in place.
     pub damaged: Vec<(SnapshotId, String)>,
 }
@@ -59,6 +64,45 @@ pub async fn gc(store: &Arc<dyn Store>, options: GcOptions) -> Result<GcReport> 
     let result = collect(store, options).await;
     lease.release().await;
     result
+}
+
+/// The image records and digest pointers (side records of the registry API) whose snapshot
+/// is not in `snapshots`, older than `cutoff`. Listed after the snapshots, so a record
+/// written for a snapshot stored since is young, never an orphan.
+async fn orphan_image_records(
+    store: &Arc<dyn Store>,
+    snapshots: &HashSet<SnapshotId>,
+    cutoff: SystemTime,
+) -> Result<Vec<ObjectPath>> {
+    let mut orphans = Vec::new();
+    for meta in store.list(layout::IMAGES).await? {
+        let named =
+            meta.path.as_str().strip_prefix(layout::IMAGES).and_then(|hex| Digest::from_hex(hex).ok());
+        if meta.last_modified <= cutoff && named.is_none_or(|d| !snapshots.contains(&SnapshotId(d))) {
+            orphans.push(meta.path);
+        }
+    }
+    let pointers: Vec<ObjectMeta> =
+        store.list(layout::DIGESTS).await?.into_iter().filter(|m| m.last_modified <= cutoff).collect();
+    let reads = futures::stream::iter(pointers)
+        .map(|meta| {
+            let store = store.clone();
+            async move {
+                let target = match store.get(&meta.path, 1024).await {
+                    Ok(got) => String::from_utf8_lossy(&got.bytes).trim().parse::<Digest>().ok(),
+                    Err(e) if e.is_not_found() => return Ok(None),
+                    Err(e) if e.is_damage() || matches!(e, StoreError::TooLarge { .. }) => None,
+                    Err(e) => return Err(e),
+                };
+                Ok(target.is_none_or(|d| !snapshots.contains(&SnapshotId(d))).then_some(meta.path))
+            }
+        })
+        .buffer_unordered(16);
+    let mut reads = std::pin::pin!(reads);
+    while let Some(orphan) = reads.next().await {
+        orphans.extend(orphan?);
+    }
+    Ok(orphans)
 }
 
 async fn collect(store: &Arc<dyn Store>, options: GcOptions) -> Result<GcReport> {
@@ -73,7 +117,9 @@ async fn collect(store: &Arc<dyn Store>, options: GcOptions) -> Result<GcReport>
         .collect();
     report.chunks = chunks.len();
     let mut reachable: HashSet<Digest> = HashSet::new();
-    for (id, _) in catalog::list_snapshots(&**store).await? {
+    let listed = catalog::list_snapshots(&**store).await?;
+    for (id, _) in &listed {
+        let id = *id;
         report.snapshots += 1;
         match restore::read_manifest_shallow(&**store, &id).await {
             Ok(manifest) => reachable.extend(manifest.unique_chunks().iter().map(|c| c.digest)),
@@ -85,6 +131,9 @@ async fn collect(store: &Arc<dyn Store>, options: GcOptions) -> Result<GcReport>
             }
         }
     }
+    let snapshots: HashSet<SnapshotId> = listed.into_iter().map(|(id, _)| id).collect();
+    let orphans = orphan_image_records(store, &snapshots, cutoff).await?;
+    report.removed_image_records = orphans.len();
     report.reachable_chunks = chunks.iter().filter(|(d, _)| reachable.contains(d)).count();
     let mut doomed = Vec::new();
     for (digest, meta) in chunks {
@@ -104,7 +153,7 @@ async fn collect(store: &Arc<dyn Store>, options: GcOptions) -> Result<GcReport>
     if options.dry_run {
         return Ok(report);
     }
-    let deletions = futures::stream::iter(doomed.into_iter().chain(stale_leases))
+    let deletions = futures::stream::iter(doomed.into_iter().chain(stale_leases).chain(orphans))
         .map(|path| {
             let store = store.clone();
             async move { store.delete(&path).await }

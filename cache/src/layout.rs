@@ -7,6 +7,9 @@
 //! v1/refs/<name>              a mutable name -> snapshot id, updated by compare-and-swap
 //! v1/heads/<hex>              the newest build of a repository on a system key (a side
 //!                             record: where the next build's install starts from)
+//! v1/images/<hex>            a snapshot's OCI image record (a side record: the digests of
+//!                             its layers and documents, computed once for the registry API)
+//! v1/digests/<hex>            which snapshot's image has a blob or manifest of that digest
 //! v1/secrets/<scope>/<name>   an envelope-encrypted secret
 //! v1/leases/<kind>-<id>       a writer's or gc's lease (see `lease`)
 //! ```
@@ -27,6 +30,8 @@ pub const SNAPSHOTS: &str = "v1/snapshots/";
 pub const KEYS: &str = "v1/keys/";
 pub const REFS: &str = "v1/refs/";
 pub const HEADS: &str = "v1/heads/";
+pub const IMAGES: &str = "v1/images/";
+pub const DIGESTS: &str = "v1/digests/";
 pub const SECRETS: &str = "v1/secrets/";
 pub const LEASES: &str = "v1/leases/";
 
@@ -122,12 +127,22 @@ pub fn key(key: &Digest) -> ObjectPath {
     known(format!("{KEYS}{}", key.hex()))
 }
 
-/// A ref name: letters, digits and `-_.`, optionally in `/`-separated groups (`team/main`).
 /// The head record of lineage `lineage` (a digest of a repository and a system key).
 pub fn head(lineage: &Digest) -> ObjectPath {
     ObjectPath(format!("{HEADS}{}", lineage.hex()))
 }
 
+/// The OCI image record of snapshot `id`.
+pub fn image(id: &SnapshotId) -> ObjectPath {
+    known(format!("{IMAGES}{}", id.0.hex()))
+}
+
+/// The pointer from an image blob's or manifest's digest to its snapshot.
+pub fn image_digest(digest: &Digest) -> ObjectPath {
+    known(format!("{DIGESTS}{}", digest.hex()))
+}
+
+/// A ref name: letters, digits and `-_.`, optionally in `/`-separated groups (`team/main`).
 pub fn reference(name: &str) -> Result<ObjectPath, InvalidPath> {
     if name.contains([':', '=', '@', '+', '%']) {
         return Err(InvalidPath {

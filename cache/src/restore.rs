@@ -262,6 +262,21 @@ pub fn chunk_stream(
         .buffered(concurrency.max(1))
 }
 
+/// Each of `chunks` as its stored object and its raw bytes, both verified, in order,
+/// `concurrency` fetched at once.
+pub fn stored_chunk_stream(
+    store: Arc<dyn Store>,
+    chunks: Vec<ChunkRef>,
+    concurrency: usize,
+) -> impl Stream<Item = Result<(Bytes, Bytes)>> + Send {
+    futures::stream::iter(chunks)
+        .map(move |chunk| {
+            let store = store.clone();
+            async move { fetch_checked(&*store, &chunk).await }
+        })
+        .buffered(concurrency.max(1))
+}
+
 /// A blocking reader over verified chunks, for code on a blocking thread inside the runtime.
 pub struct ChunkReader {
     store: Arc<dyn Store>,

@@ -238,6 +238,12 @@ pub async fn remove(store: &Arc<dyn Store>, catalog: &Catalog, ids: &[SnapshotId
         }
     }
     for id in ids {
+        // The image record goes with it; its digest pointers, which name it, are gc's.
+        if let Err(e) = store.delete(&layout::image(id)).await
+            && !e.is_not_found()
+        {
+            return Err(e.into());
+        }
         store.delete(&layout::snapshot(id)).await?;
         removed.snapshots.push(*id);
     }

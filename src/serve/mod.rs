@@ -6,6 +6,8 @@
 //!
 //! - [`api`]: the `/v1` API (the object protocol of the `http://` store, keys, manifests,
 //!   chunks, tar streams), described by `docs/openapi.json`;
+//! - [`registry`]: the read side of the OCI distribution API at `/v2/`, so image clients pull
+//!   snapshots;
 //! - [`browse`]: the snapshot browser, server-rendered HTML at `/`;
 //! - [`auth`]: bearer tokens with roles, from a file of their hashes;
 //! - [`metrics`]: Prometheus metrics at `/metrics`; `/healthz` answers while the process runs;
@@ -25,6 +27,7 @@ pub mod conn;
 pub mod error;
 mod manifests;
 pub mod metrics;
+pub mod registry;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -94,6 +97,7 @@ pub struct AppState {
     /// Longest gap allowed between two pieces of a request body.
     pub body_timeout: Duration,
     manifests: manifests::ManifestCache,
+    images: registry::ImageCache,
 }
 
 impl AppState {
@@ -115,6 +119,7 @@ pub fn app(state: Arc<AppState>) -> Router {
     let protected = Router::new()
         .merge(api::routes())
         .merge(browse::routes())
+        .merge(registry::routes())
         .layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
         .merge(protected)
@@ -125,20 +130,28 @@ pub fn app(state: Arc<AppState>) -> Router {
                 ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
             }),
         )
-        .fallback(|| async {
+        .fallback(|method: Method, uri: axum::http::Uri| async move {
+            if is_registry(uri.path()) {
+                return registry::elsewhere(method).await.into_response();
+            }
             ApiError::new(
                 StatusCode::NOT_FOUND,
                 "no_such_route",
                 "there is no such route; see /v1/openapi.json",
             )
+            .into_response()
         })
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
 
 /// The role a request needs: reads `read`; writes `write`; deletions `admin`, except of the
-/// writer's own leases (a writer releases its lease by deleting it).
+/// writer's own leases (a writer releases its lease by deleting it). The registry at `/v2`
+/// is read-only whatever the method (it refuses writes itself), so `read` reaches it.
 fn needed_role(method: &Method, path: &str) -> Role {
+    if is_registry(path) {
+        return Role::Read;
+    }
     match *method {
         Method::GET | Method::HEAD => Role::Read,
         Method::DELETE if path.starts_with(&format!("/v1/objects/{}", envbuild_cache::layout::LEASES)) => {
@@ -147,6 +160,10 @@ fn needed_role(method: &Method, path: &str) -> Role {
         Method::DELETE => Role::Admin,
         _ => Role::Write,
     }
+}
+
+fn is_registry(path: &str) -> bool {
+    path == "/v2" || path.starts_with("/v2/")
 }
 
 /// Checks the request's token against the role it needs ([`needed_role`]). Without a valid
@@ -160,8 +177,26 @@ async fn authorize(State(state): State<Arc<AppState>>, request: Request, next: N
         .and_then(|v| v.to_str().ok())
         .and_then(auth::token_from_header)
         .and_then(|token| state.tokens.role_of(&token));
+    let registry = is_registry(request.uri().path());
     match role {
         Some(role) if role >= needed => next.run(request).await,
+        None if registry => {
+            let mut response = registry::RegistryError::new(
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHORIZED",
+                "a read token is required, as the password (any user name) or a Bearer token",
+            )
+            .into_response();
+            // Basic, because it is what `docker login`, containerd and skopeo all answer
+            // with the credentials they were given, without a token service.
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"envbuild\""));
+            response
+                .headers_mut()
+                .insert("docker-distribution-api-version", HeaderValue::from_static("registry/2.0"));
+            response
+        }
         Some(role) => ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
@@ -296,6 +331,7 @@ pub async fn run(
         limits: options.limits,
         body_timeout: options.timeouts.body,
         manifests: manifests::ManifestCache::new(options.manifest_cache_bytes),
+        images: registry::ImageCache::default(),
     });
     let stop = Arc::new(tokio::sync::Notify::new());
     let server = conn::serve(listener, app(state), options.timeouts, options.connections, stop.clone());

@@ -11,7 +11,7 @@ use envbuild_cache::testing::{RawEntry, write_tar};
 use super::build::envbuild;
 
 /// `tool` when it is installed; a failure when this run requires it (scripts/test installs it).
-fn tool(name: &str) -> Option<()> {
+pub fn tool(name: &str) -> Option<()> {
     let found =
         Process::new("sh").args(["-c", &format!("command -v {name}")]).output().unwrap().status.success()
             || Path::new("/usr/sbin").join(name).exists();
@@ -27,7 +27,7 @@ fn tool(name: &str) -> Option<()> {
 }
 
 /// Runs `cmd`, which must succeed; its stdout.
-fn run(cmd: &mut Process) -> String {
+pub fn run(cmd: &mut Process) -> String {
     let out = cmd.output().unwrap();
     assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()

@@ -10,6 +10,8 @@ mod build;
 mod cursor_format;
 mod export;
 mod incremental;
+#[cfg(feature = "http")]
+mod registry;
 #[cfg(feature = "s3")]
 mod s3;
 mod scopes;

@@ -21,17 +21,17 @@ fn bin() -> PathBuf {
 }
 
 /// A running `envbuild serve`, stopped (SIGTERM) when dropped.
-struct Server {
+pub struct Server {
     child: Child,
-    url: String,
-    read: String,
-    write: String,
-    admin: String,
-    store: PathBuf,
+    pub url: String,
+    pub read: String,
+    pub write: String,
+    pub admin: String,
+    pub store: PathBuf,
     dir: tempfile::TempDir,
 }
 
-fn new_token(tokens: &Path, role: &str) -> String {
+pub fn new_token(tokens: &Path, role: &str) -> String {
     let out =
         Command::new(bin()).args(["token", "new", "--role", role, "--tokens"]).arg(tokens).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -60,7 +60,7 @@ fn spawn_serve(store: &str, tokens: &Path, env: &[(&str, String)], cache: &Path)
 }
 
 impl Server {
-    fn start() -> Self {
+    pub fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path().join("store");
         let tokens = dir.path().join("tokens");
@@ -71,11 +71,11 @@ impl Server {
         Self { child, url, read, write, admin, store, dir }
     }
 
-    fn client(&self, token: &str) -> HttpStore {
+    pub fn client(&self, token: &str) -> HttpStore {
         HttpStore::new(&self.url, &HttpOptions { token: Some(token.to_owned()) }).unwrap()
     }
 
-    fn cli(&self, token: &str) -> assert_cmd::Command {
+    pub fn cli(&self, token: &str) -> assert_cmd::Command {
         let mut cmd = assert_cmd::Command::new(bin());
         cmd.env_remove("RUST_LOG")
             .env("ENVBUILD_STORE", &self.url)
@@ -85,7 +85,7 @@ impl Server {
     }
 
     /// Every object the server's store holds.
-    fn stored(&self) -> Vec<String> {
+    pub fn stored(&self) -> Vec<String> {
         let mut out = Vec::new();
         let mut stack = vec![self.store.clone()];
         while let Some(dir) = stack.pop() {
@@ -120,7 +120,7 @@ impl Drop for Server {
 }
 
 /// A root filesystem tar of a few chunks.
-fn rootfs(seed: u64) -> Vec<u8> {
+pub fn rootfs(seed: u64) -> Vec<u8> {
     write_tar(&[
         RawEntry::dir("etc/"),
         RawEntry::file("etc/os-release", b"NAME=envbuild-test\n"),
@@ -131,13 +131,13 @@ fn rootfs(seed: u64) -> Vec<u8> {
 }
 
 /// Imports `tar` through the server with the write token; returns the snapshot id.
-fn import(server: &Server, tar: &[u8]) -> String {
+pub fn import(server: &Server, tar: &[u8]) -> String {
     let out = server.cli(&server.write).args(["import", "-"]).write_stdin(tar.to_vec()).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap().lines().last().unwrap().trim().to_owned()
 }
 
-fn http() -> reqwest::Client {
+pub fn http() -> reqwest::Client {
     reqwest::Client::new()
 }
 
@@ -646,6 +646,22 @@ async fn replicas_over_one_bucket_serve_the_same_snapshots() {
         http().get(format!("{url_b}/v1/snapshots/{id}/rootfs.tar")).bearer_auth(&read).send().await.unwrap();
     assert_eq!(via_b.status(), StatusCode::OK);
     assert!(via_b.bytes().await.unwrap() == direct.stdout, "replica b served other bytes");
+    // The registry API: a manifest from replica a (which computes the image record once and
+    // stores it in the bucket), its layer by digest from replica b, which finds the record there.
+    let hex = id.trim_start_matches("sha256:");
+    let manifest = http()
+        .get(format!("{url_a}/v2/snapshots/manifests/{hex}-tar"))
+        .basic_auth("anyone", Some(&read))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(manifest.status(), StatusCode::OK);
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest.bytes().await.unwrap()).unwrap();
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap();
+    let via_b =
+        http().get(format!("{url_b}/v2/snapshots/blobs/{layer}")).bearer_auth(&read).send().await.unwrap();
+    assert_eq!(via_b.status(), StatusCode::OK);
+    assert!(via_b.bytes().await.unwrap() == direct.stdout, "replica b served another layer");
     for child in &mut replicas.0 {
         let pid = rustix::process::Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap();
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);

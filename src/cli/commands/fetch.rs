@@ -32,7 +32,7 @@ pub async fn run(
     }
     if let Some(dir) = &args.oci {
         let layout =
-            export::oci_layout(store, &manifest, dir, &args.oci_ref, args.force, session.jobs).await?;
+            export::oci_layout(store, &id, &manifest, dir, &args.oci_ref, args.force, session.jobs).await?;
         ui::eprint_line(format!(
             "wrote {id} as an OCI image layout in `{}` (`{}`, manifest {}, layer {}) in {}",
             dir.display(),

@@ -36,6 +36,7 @@ pub async fn run(global: &GlobalArgs, args: &GcArgs, cancel: &CancellationToken)
             "young_chunks": report.young_chunks,
             "removed_leases": report.removed_leases,
             "removed_uploads": report.removed_uploads,
+            "removed_image_records": report.removed_image_records,
             "removed_package_caches": caches,
             "removed_staging": staging,
             "damaged": report.damaged.iter().map(|(id, why)| serde_json::json!({"id": id, "damage": why})).collect::<Vec<_>>(),
@@ -77,6 +78,12 @@ pub async fn run(global: &GlobalArgs, args: &GcArgs, cancel: &CancellationToken)
         ui::eprint_line(format!(
             "  {verb} {} stale leases and {} abandoned uploads",
             report.removed_leases, report.removed_uploads
+        ));
+    }
+    if report.removed_image_records > 0 {
+        ui::eprint_line(format!(
+            "  {verb} {} image record(s) of removed snapshots (the registry API's side records)",
+            report.removed_image_records
         ));
     }
     Ok(ExitCode::SUCCESS)
