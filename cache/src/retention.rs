@@ -10,7 +10,11 @@
 //! **Prune rules** apply per repository, the one the key records name (`info.repository`, as
 //! `build` writes it); snapshots no key record names (imports) form one more group. In each
 //! group the newest `keep_last` are kept, and those created within `keep_within`; the rest
-//! go. When both rules are given a snapshot either keeps is kept.
+//! go. When both rules are given a snapshot either keeps is kept. Beyond the rules, a
+//! snapshot a ref names is kept, and one a head record names (the newest build of a
+//! repository on a system key, where its next build's install starts), unless the caller
+//! includes them. Key records do not keep a snapshot: every build has one, so they would keep
+//! everything; the records of what goes are removed with it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -166,6 +170,8 @@ pub fn plan(catalog: &Catalog, rules: Rules, now: SystemTime) -> Plan {
                 ))
             } else if !rules.include_refs && !refs.is_empty() {
                 Some(format!("named by ref {}", refs.join(", ")))
+            } else if !rules.include_refs && catalog.heads.iter().any(|(_, id)| *id == snapshot.id) {
+                Some("the checkpoint the next build of its repository starts from (a head record)".to_owned())
             } else {
                 None
             };
@@ -264,7 +270,7 @@ mod tests {
     }
 
     #[test]
-    fn rules_apply_per_repository_and_refs_are_kept_unless_included() {
+    fn rules_apply_per_repository_and_refs_and_heads_are_kept_unless_included() {
         let now = SystemTime::now();
         let catalog = Catalog {
             snapshots: vec![
@@ -276,6 +282,7 @@ mod tests {
                 listed(6, UNNAMED, 200, now),
             ],
             refs: vec![("release".into(), SnapshotId(Digest::of(&[4])))],
+            heads: vec![(layout::head(&Digest::of(b"lineage")), SnapshotId(Digest::of(&[3])))],
             ..Catalog::default()
         };
         let ids = |decisions: &[Decision]| {
@@ -287,15 +294,15 @@ mod tests {
             ids
         };
         let plan = plan(&catalog, Rules { keep_last: Some(1), ..Rules::default() }, now);
-        assert_eq!(ids(&plan.remove), [2, 3]);
-        assert_eq!(ids(&plan.keep), [1, 4, 5, 6], "the newest of each group, and the ref's");
+        assert_eq!(ids(&plan.remove), [2]);
+        assert_eq!(ids(&plan.keep), [1, 3, 4, 5, 6], "the newest of each group, the head's and the ref's");
         let within = Rules { keep_within: Some(Duration::from_secs(48 * 3600)), ..Rules::default() };
-        assert_eq!(ids(&super::plan(&catalog, within, now).remove), [3, 5, 6]);
+        assert_eq!(ids(&super::plan(&catalog, within, now).remove), [5, 6]);
         let both = Rules {
             keep_last: Some(1),
             keep_within: Some(Duration::from_secs(48 * 3600)),
             include_refs: true,
         };
-        assert_eq!(ids(&super::plan(&catalog, both, now).remove), [3, 4]);
+        assert_eq!(ids(&super::plan(&catalog, both, now).remove), [3, 4], "refs and heads included");
     }
 }

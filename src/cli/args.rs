@@ -115,7 +115,8 @@ pub enum Command {
     ///
     /// Snapshots are grouped by the repository their key records name (imports form one more
     /// group). In each group the newest `--keep-last` stay, and those made within
-    /// `--keep-within`; a snapshot a ref names stays unless `--include-refs`. The rest are
+    /// `--keep-within`; a snapshot a ref names stays unless `--include-refs`, as does the
+    /// checkpoint each repository's next build starts from (its head). The rest are
     /// removed as `rm` would, `gc` collects what only they used, and this host's engine images
     /// of them and stopped install containers go. `--dry-run` lists what would go and the
     /// bytes it would free.
@@ -192,7 +193,10 @@ pub enum Command {
     /// (`/v1/openapi.json` describes it): orchestrators resolve keys, fetch manifests, chunks or
     /// a snapshot's whole tar stream; CI pushes with `--store http://HOST:PORT` and a write
     /// token. Writes are checked like any store's: a chunk must hash to its digest, a manifest
-    /// comes after its chunks. `/` is a snapshot browser (HTML, no script), `/metrics`
+    /// comes after its chunks. `/v2/` is a read-only OCI registry: every snapshot is the image
+    /// `HOST/snapshots:<id hex>` (or a cache key's hex, or a ref; `-tar` for an uncompressed
+    /// layer), so `docker pull`, containerd, podman and skopeo boot snapshots, with a read
+    /// token as the password. `/` is a snapshot browser (HTML, no script), `/metrics`
     /// Prometheus metrics, `/healthz` a health check; those two need no token.
     ///
     /// Every other request needs a token from `--tokens` (see `envbuild token new`):
@@ -201,7 +205,7 @@ pub enum Command {
     /// and with `-v` every request (method, path, status, time, request id). SIGINT or SIGTERM
     /// stop it gracefully. Serve plain HTTP on a trusted network, or put a TLS proxy in front.
     #[command(
-        after_help = "Examples:\n  envbuild token new --role write --tokens tokens.txt > ci.token\n  envbuild serve --listen 0.0.0.0:7878 --store s3://bucket/envbuild --tokens tokens.txt\n  ENVBUILD_TOKEN=$(cat ci.token) envbuild push sha256:3f2a... --to http://cache:7878"
+        after_help = "Examples:\n  envbuild token new --role write --tokens tokens.txt > ci.token\n  envbuild serve --listen 0.0.0.0:7878 --store s3://bucket/envbuild --tokens tokens.txt\n  ENVBUILD_TOKEN=$(cat ci.token) envbuild push sha256:3f2a... --to http://cache:7878\n  echo $READ_TOKEN | docker login cache:7878 -u any --password-stdin && docker pull cache:7878/snapshots:3f2a...-tar"
     )]
     Serve(ServeArgs),
     /// Manage the tokens of `envbuild serve`.
@@ -348,7 +352,7 @@ pub struct PruneArgs {
     /// Keep the snapshots made within this long (`7days`, `36h`).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub keep_within: Option<std::time::Duration>,
-    /// Let snapshots that refs name go too (and the refs).
+    /// Let snapshots that refs or head records name go too (and those pointers).
     #[arg(long)]
     pub include_refs: bool,
     /// Say what would go and the bytes it would free; remove nothing.
