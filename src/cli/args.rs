@@ -355,15 +355,10 @@ pub struct PruneArgs {
     /// Let snapshots that refs or head records name go too (and those pointers).
     #[arg(long)]
     pub include_refs: bool,
-    /// Say what would go and the bytes it would free; remove nothing.
-    #[arg(long)]
-    pub dry_run: bool,
-    /// gc's grace period for the chunks left behind.
-    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration, value_name = "DURATION")]
-    pub grace: std::time::Duration,
-    /// Print JSON.
-    #[arg(long)]
-    pub json: bool,
+    /// `--dry-run` (also: the bytes it would free), `--grace` for the chunks left behind,
+    /// `--json`: as for `gc`.
+    #[command(flatten)]
+    pub collect: GcArgs,
 }
 
 /// Where the repository is and what feeds its keys.

@@ -50,15 +50,15 @@ pub async fn prune(
             keep_within: args.keep_within,
             include_refs: args.include_refs,
         },
-        dry_run: args.dry_run,
-        grace: args.grace,
+        dry_run: args.collect.dry_run,
+        grace: args.collect.grace,
     };
     let report = retention::prune(&session, options).await?;
-    if args.json {
+    if args.collect.json {
         output::json(&report)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let verb = if args.dry_run { "would remove" } else { "removed" };
+    let verb = if args.collect.dry_run { "would remove" } else { "removed" };
     for decision in &report.plan.remove {
         output::line(format!(
             "{verb:>12}  {}  {}  {}",
@@ -82,7 +82,7 @@ pub async fn prune(
                 gc.removed_chunks,
                 format::bytes(gc.removed_bytes),
                 gc.young_chunks,
-                humantime::format_duration(args.grace)
+                humantime::format_duration(args.collect.grace)
             ),
             None => String::new(),
         }
