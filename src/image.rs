@@ -135,8 +135,8 @@ impl Image {
         })
     }
 
-    /// Every digest the image has, for the pointers.
-    fn digests(&self) -> Vec<Digest> {
+    /// Every digest the image has: what the pointers name.
+    pub fn digests(&self) -> Vec<Digest> {
         vec![
             self.zstd.manifest_blob().digest,
             self.tar.manifest_blob().digest,

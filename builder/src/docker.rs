@@ -116,6 +116,11 @@ fn labels_map(labels: &BTreeMap<String, String>) -> HashMap<String, String> {
     labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
+/// `repo:tag` split at the tag's colon (not a registry port's); no tag means `latest`.
+fn split_repo_tag(repo_tag: &str) -> (&str, &str) {
+    repo_tag.rsplit_once(':').filter(|(_, t)| !t.contains('/')).unwrap_or((repo_tag, "latest"))
+}
+
 /// `docker import --change` instructions that restore `config`.
 fn changes(config: &ImageConfig, labels: &BTreeMap<String, String>) -> Vec<String> {
     // A list of strings always serializes; `Value`'s Display cannot fail.
@@ -232,8 +237,7 @@ impl ContainerEngine for DockerEngine {
         config: &ImageConfig,
         labels: &BTreeMap<String, String>,
     ) -> Result<String, EngineError> {
-        let (repo, tag) =
-            repo_tag.rsplit_once(':').filter(|(_, t)| !t.contains('/')).unwrap_or((repo_tag, "latest"));
+        let (repo, tag) = split_repo_tag(repo_tag);
         let options = CreateImageOptionsBuilder::default()
             .from_src("-")
             .repo(repo)
@@ -264,8 +268,7 @@ impl ContainerEngine for DockerEngine {
         config: &ImageConfig,
         labels: &BTreeMap<String, String>,
     ) -> Result<String, EngineError> {
-        let (repo, tag) =
-            repo_tag.rsplit_once(':').filter(|(_, t)| !t.contains('/')).unwrap_or((repo_tag, "latest"));
+        let (repo, tag) = split_repo_tag(repo_tag);
         let options = bollard::query_parameters::CommitContainerOptionsBuilder::default()
             .container(container)
             .repo(repo)

@@ -254,12 +254,7 @@ pub fn chunk_stream(
     chunks: Vec<ChunkRef>,
     concurrency: usize,
 ) -> impl Stream<Item = Result<Bytes>> + Send {
-    futures::stream::iter(chunks)
-        .map(move |chunk| {
-            let store = store.clone();
-            async move { fetch_chunk(&*store, &chunk).await }
-        })
-        .buffered(concurrency.max(1))
+    stored_chunk_stream(store, chunks, concurrency).map(|pair| pair.map(|(_, raw)| raw))
 }
 
 /// Each of `chunks` as its stored object and its raw bytes, both verified, in order,

@@ -130,7 +130,7 @@ pub struct Rules {
     pub keep_last: Option<usize>,
     /// Those created within this long.
     pub keep_within: Option<Duration>,
-    /// Let snapshots a ref names go too.
+    /// Let snapshots a ref or a head record names go too.
     pub include_refs: bool,
 }
 

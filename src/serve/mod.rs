@@ -193,9 +193,6 @@ async fn authorize(State(state): State<Arc<AppState>>, request: Request, next: N
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"envbuild\""));
             response
-                .headers_mut()
-                .insert("docker-distribution-api-version", HeaderValue::from_static("registry/2.0"));
-            response
         }
         Some(role) => ApiError::new(
             StatusCode::FORBIDDEN,

@@ -42,7 +42,8 @@ pub const REPOSITORY: &str = "snapshots";
 const LAYER_JOBS: usize = 8;
 /// Images kept in memory (a few kilobytes each, plus their manifest's chunk list).
 const MAX_IMAGES: usize = 1024;
-const API_VERSION: (&str, &str) = ("docker-distribution-api-version", "registry/2.0");
+/// The header every answer under `/v2` carries, errors included.
+pub const API_VERSION: (&str, &str) = ("docker-distribution-api-version", "registry/2.0");
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -59,18 +60,14 @@ pub fn routes() -> Router<Arc<AppState>> {
         }))
 }
 
-/// An error with the distribution spec's body.
+/// An error with the distribution spec's body: an [`ApiError`] whose code is one of the
+/// spec's.
 #[derive(Debug)]
-pub struct RegistryError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-    detail: Option<String>,
-}
+pub struct RegistryError(ApiError);
 
 impl RegistryError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), detail: None }
+        Self(ApiError::new(status, code, message))
     }
 
     fn manifest_unknown(reference: &str) -> Self {
@@ -83,15 +80,15 @@ impl RegistryError {
 }
 
 impl From<ApiError> for RegistryError {
-    fn from(e: ApiError) -> Self {
-        let code = match e.status {
+    fn from(mut e: ApiError) -> Self {
+        e.code = match e.status {
             StatusCode::UNAUTHORIZED => "UNAUTHORIZED",
             StatusCode::FORBIDDEN => "DENIED",
             StatusCode::NOT_FOUND => "MANIFEST_UNKNOWN",
             StatusCode::TOO_MANY_REQUESTS => "TOOMANYREQUESTS",
             _ => "UNKNOWN",
         };
-        Self { status: e.status, code, message: e.message, detail: e.detail }
+        Self(e)
     }
 }
 
@@ -113,11 +110,12 @@ impl From<crate::error::Error> for RegistryError {
 
 impl IntoResponse for RegistryError {
     fn into_response(self) -> Response {
-        ApiError { status: self.status, code: self.code, message: self.message.clone(), detail: self.detail }
-            .log();
-        let body = serde_json::json!({ "errors": [{ "code": self.code, "message": self.message }] });
-        let mut response = (self.status, body.to_string()).into_response();
+        let Self(error) = self;
+        error.log();
+        let body = serde_json::json!({ "errors": [{ "code": error.code, "message": error.message }] });
+        let mut response = (error.status, body.to_string()).into_response();
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        response.headers_mut().insert(API_VERSION.0, HeaderValue::from_static(API_VERSION.1));
         response
     }
 }
@@ -153,13 +151,8 @@ impl ImageCache {
 
     fn note(&self, image: &Image) {
         let mut inner = self.lock();
-        for variant in [Variant::Zstd, Variant::Tar] {
-            let docs = image.documents(variant);
-            for digest in
-                [docs.manifest_blob().digest, docs.config_blob().digest, image.layer(variant).digest]
-            {
-                inner.by_digest.insert(digest, image.id);
-            }
+        for digest in image.digests() {
+            inner.by_digest.insert(digest, image.id);
         }
     }
 
@@ -194,7 +187,7 @@ impl AppState {
         let image = match self.image(id).await {
             Ok(image) => image,
             // A pointer to a snapshot that is gone (removed since) names nothing.
-            Err(e) if e.status == StatusCode::NOT_FOUND => return Ok(None),
+            Err(e) if e.0.status == StatusCode::NOT_FOUND => return Ok(None),
             Err(e) => return Err(e),
         };
         Ok(image.find(digest).map(|part| (image.clone(), part)))
@@ -243,21 +236,30 @@ fn valid_tag(tag: &str) -> bool {
         && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
-/// The snapshot a tag names: a snapshot id's hex, a cache key's, or a ref.
+/// Whether snapshot `id` is stored now.
+async fn stored(state: &AppState, id: &SnapshotId) -> Result<bool, RegistryError> {
+    Ok(state.store.head(&layout::snapshot(id)).await.map_err(ApiError::from)?.is_some())
+}
+
+/// The stored snapshot a tag names: a snapshot id's hex, a cache key's, or a ref.
 async fn resolve_tag(state: &AppState, tag: &str) -> Result<Option<SnapshotId>, RegistryError> {
-    if tag.len() == 64
+    let named = if tag.len() == 64
         && let Ok(digest) = Digest::from_hex(tag)
     {
         let id = SnapshotId(digest);
-        if state.store.head(&layout::snapshot(&id)).await.map_err(ApiError::from)?.is_some() {
+        if stored(state, &id).await? {
             return Ok(Some(id));
         }
-        return Ok(catalog::read_key(&*state.store, &digest).await?.map(|record| record.snapshot));
+        catalog::read_key(&*state.store, &digest).await?.map(|record| record.snapshot)
+    } else if layout::reference(tag).is_ok() {
+        catalog::read_ref(&*state.store, tag).await?.map(|(record, _)| record.snapshot)
+    } else {
+        None
+    };
+    match named {
+        Some(id) if stored(state, &id).await? => Ok(Some(id)),
+        _ => Ok(None),
     }
-    if layout::reference(tag).is_err() {
-        return Ok(None);
-    }
-    Ok(catalog::read_ref(&*state.store, tag).await?.map(|(record, _)| record.snapshot))
 }
 
 /// The snapshot and variant a tag asks for: the tag as it is, else without a `-zstd` or
@@ -322,7 +324,10 @@ async fn manifest(
     let (image, variant) = if reference.starts_with("sha256:") {
         let digest = parse_digest(&reference)?;
         match state.image_with(&digest).await? {
-            Some((image, Part::Manifest(variant))) => (image, variant),
+            // Images stay in memory; a snapshot removed since (`rm`, `prune`) is no longer
+            // offered. (A tag resolves only to stored snapshots; blobs are not re-checked, so
+            // a pull that has its manifest finishes.)
+            Some((image, Part::Manifest(variant))) if stored(&state, &image.id).await? => (image, variant),
             _ => return Err(RegistryError::manifest_unknown(&reference)),
         }
     } else {
@@ -338,11 +343,6 @@ async fn manifest(
             None => return Err(RegistryError::manifest_unknown(&reference)),
         }
     };
-    // Images stay in memory; a snapshot removed since (`rm`, `prune`) is no longer offered.
-    // Blobs are not re-checked: a pull that has its manifest finishes.
-    if state.store.head(&layout::snapshot(&image.id)).await.map_err(ApiError::from)?.is_none() {
-        return Err(RegistryError::manifest_unknown(&reference));
-    }
     let docs = image.documents(variant);
     let blob = docs.manifest_blob();
     let head = [

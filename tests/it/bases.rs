@@ -184,7 +184,7 @@ async fn buildkit_cache_and_secret_mounts_leave_no_trace_of_the_secret() {
     }
     let tar = envbuild(store.path()).args(["fetch", id, "--tar", "-"]).output().unwrap().stdout;
     haystacks.push(("the snapshot", tar));
-    for entry in walkdir(store.path()) {
+    for entry in super::walk(store.path()) {
         haystacks.push(("the store", std::fs::read(entry).unwrap()));
     }
     for (sink, bytes) in &haystacks {
@@ -196,19 +196,6 @@ async fn buildkit_cache_and_secret_mounts_leave_no_trace_of_the_secret() {
         }
     }
     drop(engine);
-}
-
-fn walkdir(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(walkdir(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }
 
 /// MD5, enough of it for a test: compare with busybox `md5sum`.

@@ -264,7 +264,7 @@ async fn boot_runs_install_start_and_terminals_with_masked_secrets() {
             eb(store.path(), home.path()).args(&args).output().unwrap().stdout,
         ));
     }
-    for file in walk(store.path()) {
+    for file in super::walk(store.path()) {
         dumps.push((file.display().to_string(), std::fs::read(&file).unwrap()));
     }
     for value in [INSTALL_VALUE, BOOT_VALUE] {
@@ -381,16 +381,6 @@ async fn kms_secrets_open_and_an_unreachable_kms_stops_the_boot() {
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("cannot be decrypted") && !text.contains(BOOT_VALUE), "{text}");
     assert!(engine.containers(&format!("envbuild.name={name}")).await.unwrap().is_empty());
-}
-
-/// Every file under `dir`.
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() { out.extend(walk(&path)) } else { out.push(path) }
-    }
-    out
 }
 
 /// Copies the host's `binary` to `rootfs/bin` (the fixture's PATH) and the shared libraries

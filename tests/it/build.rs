@@ -355,16 +355,22 @@ async fn ctrl_c_removes_the_build_containers() {
     assert!(engine.containers(&label).await.unwrap().is_empty(), "Ctrl-C left the install container behind");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_failed_build_leaves_no_layers_or_containers() {
-    let Some(engine) = engine().await else { return };
+/// The `basic` fixture whose Dockerfile makes a fresh layer (a unique value defeats the layer
+/// cache), then fails with exit code 7.
+fn failing_repo() -> tempfile::TempDir {
     let repo = repo("basic");
     let dockerfile = repo.path().join(".cursor/Dockerfile");
     let text = std::fs::read_to_string(&dockerfile).unwrap();
-    // A fresh layer (a unique value defeats the layer cache), then a failing step.
     let unique = format!("{:?}", std::time::SystemTime::now());
     std::fs::write(&dockerfile, format!("{text}RUN echo '{unique}' > /made-by-this-build\nRUN exit 7\n"))
         .unwrap();
+    repo
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_build_leaves_no_layers_or_containers() {
+    let Some(engine) = engine().await else { return };
+    let repo = failing_repo();
     let store = tempfile::tempdir().unwrap();
     let keys = envbuild(store.path()).args(["key", "--json", "--repo"]).arg(repo.path()).output().unwrap();
     let system_key = json(&keys)["system_key"].as_str().unwrap().to_owned();
@@ -384,13 +390,7 @@ async fn a_failed_build_leaves_no_layers_or_containers() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_classic_build_leaves_no_layers_or_containers() {
     let Some(engine) = engine().await else { return };
-    let repo = repo("basic");
-    let dockerfile = repo.path().join(".cursor/Dockerfile");
-    let text = std::fs::read_to_string(&dockerfile).unwrap();
-    // A fresh layer (a unique value defeats the layer cache), then a failing step.
-    let unique = format!("{:?}", std::time::SystemTime::now());
-    std::fs::write(&dockerfile, format!("{text}RUN echo '{unique}' > /made-by-this-build\nRUN exit 7\n"))
-        .unwrap();
+    let repo = failing_repo();
     let store = tempfile::tempdir().unwrap();
     // The classic builder, as on an engine without BuildKit: it says what that disables.
     let out = envbuild(store.path())
@@ -461,7 +461,7 @@ async fn build_args_reach_the_build_and_stay_out_of_key_documents() {
         assert!(out.status.success(), "{args:?}");
         assert!(!String::from_utf8_lossy(&out.stdout).contains(value), "{args:?} shows the value");
     }
-    for file in walk(store.path().join("v1").as_path()) {
+    for file in super::walk(store.path().join("v1").as_path()) {
         let bytes = std::fs::read(&file).unwrap();
         assert!(
             !bytes.windows(value.len()).any(|w| w == value.as_bytes()),
@@ -493,20 +493,4 @@ async fn build_args_reach_the_build_and_stay_out_of_key_documents() {
         "{stderr}"
     );
     assert!(!stderr.contains(secret), "{stderr}");
-}
-
-/// Every file under `dir`.
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
-            if entry.file_type().unwrap().is_dir() {
-                stack.push(entry.path());
-            } else {
-                out.push(entry.path());
-            }
-        }
-    }
-    out
 }

@@ -110,7 +110,7 @@ fn damage_fails_verify_and_fetch_and_leaves_nothing() {
     let store = work.path().join("store");
     let id = import(&store, sample_tar(2));
     // Delete one chunk file behind the store's back.
-    let chunk = walk(&store.join("v1/chunks"))
+    let chunk = super::walk(&store.join("v1/chunks"))
         .into_iter()
         .max_by_key(|p| std::fs::metadata(p).unwrap().len())
         .unwrap();
@@ -175,15 +175,6 @@ fn gc_removes_only_unreferenced_chunks() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(report["removed_chunks"].as_u64().unwrap() >= 1, "{report}");
     envbuild(&store).args(["verify", "--read-data", &keep]).assert().success();
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() { out.extend(walk(&path)) } else { out.push(path) }
-    }
-    out
 }
 
 /// Runs `envbuild ARGS` with its stdout a pipe whose reader is already gone, as in
