@@ -296,13 +296,10 @@ mod tests {
         let plan = plan(&catalog, Rules { keep_last: Some(1), ..Rules::default() }, now);
         assert_eq!(ids(&plan.remove), [2]);
         assert_eq!(ids(&plan.keep), [1, 3, 4, 5, 6], "the newest of each group, the head's and the ref's");
-        let within = Rules { keep_within: Some(Duration::from_secs(48 * 3600)), ..Rules::default() };
+        let within = Rules { keep_within: Some(Duration::from_hours(48)), ..Rules::default() };
         assert_eq!(ids(&super::plan(&catalog, within, now).remove), [5, 6]);
-        let both = Rules {
-            keep_last: Some(1),
-            keep_within: Some(Duration::from_secs(48 * 3600)),
-            include_refs: true,
-        };
+        let both =
+            Rules { keep_last: Some(1), keep_within: Some(Duration::from_hours(48)), include_refs: true };
         assert_eq!(ids(&super::plan(&catalog, both, now).remove), [3, 4], "refs and heads included");
     }
 }

@@ -86,10 +86,11 @@ fn expected_stream(parent: &[u8], changes: &[Change]) -> Vec<u8> {
     while let Some(entry) = reader.next_entry().unwrap() {
         spans.push((tar::canonical_key(&entry.path), entry.offset, entry.data_offset + entry.size));
     }
+    let at = |offset: u64| usize::try_from(offset).unwrap();
     let entries_end = spans.last().map_or(0, |s| s.2.next_multiple_of(512));
     for (i, (key, start, _)) in spans.iter().enumerate() {
         let end = spans.get(i + 1).map_or(entries_end, |s| s.1);
-        entries.insert(key.clone(), parent[*start as usize..end as usize].to_vec());
+        entries.insert(key.clone(), parent[at(*start)..at(end)].to_vec());
     }
     let under = |key: &CanonicalKey, root: &CanonicalKey| {
         key.len() > root.len() && key.starts_with(root) && key[root.len()] == 0
@@ -133,7 +134,7 @@ fn expected_stream(parent: &[u8], changes: &[Change]) -> Vec<u8> {
         }
     }
     let mut out: Vec<u8> = entries.into_values().flatten().collect();
-    out.extend_from_slice(&parent[entries_end as usize..]);
+    out.extend_from_slice(&parent[at(entries_end)..]);
     out
 }
 
