@@ -45,34 +45,52 @@ impl Staged {
     /// A new, private directory beside `target` (resolved by [`resolve`]), on the same file
     /// system so the final rename is atomic.
     pub fn dir_beside(target: &Path) -> std::io::Result<Self> {
-        let (parent, prefix) = Self::beside(target)?;
-        let dir = tempfile::Builder::new().prefix(&prefix).tempdir_in(&parent)?.keep();
-        Ok(Self::noted(dir))
+        use std::os::unix::fs::DirBuilderExt;
+        Self::create(target, |path| std::fs::DirBuilder::new().mode(0o700).create(path))
+            .map(|(staged, ())| staged)
     }
 
     /// A new, empty file beside `target`, and the file opened for writing.
     pub fn file_beside(target: &Path) -> std::io::Result<(Self, std::fs::File)> {
-        let (parent, prefix) = Self::beside(target)?;
-        let (file, path) =
-            tempfile::Builder::new().prefix(&prefix).tempfile_in(&parent)?.keep().map_err(|e| e.error)?;
-        Ok((Self::noted(path), file))
+        use std::os::unix::fs::OpenOptionsExt;
+        Self::create(target, |path| {
+            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)
+        })
     }
 
-    fn beside(target: &Path) -> std::io::Result<(PathBuf, String)> {
+    /// Picks a fresh hidden name beside `target`, notes it in the journal, then makes it with
+    /// `make` (which must fail if the path exists). The note comes first, so a process killed
+    /// at any point leaves nothing the journal does not name; a note whose path was never
+    /// made is swept like any other.
+    fn create<T>(target: &Path, make: impl Fn(&Path) -> std::io::Result<T>) -> std::io::Result<(Self, T)> {
         let target = resolve(target)?;
         let name = target.file_name().map_or_else(|| "fetch".into(), |n| n.to_string_lossy().into_owned());
         let parent = target.parent().map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
-        Ok((parent, format!(".{name}.envbuild-")))
+        loop {
+            let path = parent.join(format!(".{name}.envbuild-{:016x}", rand::random::<u64>()));
+            let note = Self::note(&path);
+            match make(&path) {
+                Ok(made) => return Ok((Self { path, note, kept: false }, made)),
+                Err(e) => {
+                    if let Some(note) = note {
+                        let _ = std::fs::remove_file(note);
+                    }
+                    // 64 random bits: a name already taken is as good as never seen twice.
+                    if e.kind() != std::io::ErrorKind::AlreadyExists {
+                        return Err(e);
+                    }
+                }
+            }
+        }
     }
 
-    fn noted(path: PathBuf) -> Self {
-        let note = JOURNAL.get().and_then(|journal| {
-            std::fs::create_dir_all(journal).ok()?;
-            let note = journal.join(format!("{}-{:016x}", std::process::id(), rand::random::<u64>()));
-            std::fs::write(&note, path.as_os_str().as_encoded_bytes()).ok()?;
-            Some(note)
-        });
-        Self { path, note, kept: false }
+    /// Notes `path` in this process's journal, if it has one; returns the note.
+    fn note(path: &Path) -> Option<PathBuf> {
+        let journal = JOURNAL.get()?;
+        std::fs::create_dir_all(journal).ok()?;
+        let note = journal.join(format!("{}-{:016x}", std::process::id(), rand::random::<u64>()));
+        std::fs::write(&note, path.as_os_str().as_encoded_bytes()).ok()?;
+        Some(note)
     }
 
     pub fn path(&self) -> &Path {
