@@ -8,7 +8,12 @@
 //! - **tar** (uncompressed): the raw chunks one after another, the snapshot's exact tar stream
 //!   (what `fetch --tar` writes), for clients without zstd (Docker engines before 23).
 //!
-//! Either way every chunk is verified against its digest before a byte of it is served.
+//! Either way every chunk is verified against its digest before a byte of it is served. The
+//! zstd variant is verified cheaply: when this process decodes a chunk and finds it sound, it
+//! keeps the digest of the stored object (its *frame digest*, in memory with the image), and
+//! later serves of that object only hash the compressed bytes and compare (see
+//! `restore::fetch_stored_chunk_by_frame`). Frame digests are never read from the store: a
+//! record anyone with write access to the bucket could forge must not vouch for bytes.
 //!
 //! A manifest names its layer by digest and size, and the configuration names the tar's
 //! digest (its `diff_id`): sha256 over whole streams, which the snapshot manifest does not
@@ -23,7 +28,7 @@
 //! worst carry a wrong layer digest, which every client detects as a digest mismatch. A store
 //! that refuses the record (a read-only token) only costs the pass again in another process.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -102,6 +107,26 @@ pub struct Image {
     pub record: ImageRecord,
     tar: ImageDocuments,
     zstd: ImageDocuments,
+    /// Stored object digest by chunk digest, for chunks this process decoded and found sound.
+    frames: FrameDigests,
+}
+
+/// Frame digests learned by this process (see the module docs).
+#[derive(Debug, Default)]
+struct FrameDigests(std::sync::Mutex<HashMap<Digest, Digest>>);
+
+impl FrameDigests {
+    fn get(&self, chunk: &Digest) -> Option<Digest> {
+        self.lock().get(chunk).copied()
+    }
+
+    fn note(&self, chunk: Digest, frame: Digest) {
+        self.lock().insert(chunk, frame);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, Digest>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 impl Image {
@@ -189,7 +214,7 @@ pub async fn open(
 ) -> Result<Image> {
     if let Some(record) = read_record(&**store, &id, &manifest).await {
         let (tar, zstd) = documents(&id, &manifest, record.tar, record.zstd)?;
-        let image = Image { id, manifest, record, tar, zstd };
+        let image = Image { id, manifest, record, tar, zstd, frames: FrameDigests::default() };
         let current = ManifestDigests {
             tar: image.tar.manifest_blob().digest,
             zstd: image.zstd.manifest_blob().digest,
@@ -203,7 +228,8 @@ pub async fn open(
         }
         return Ok(image);
     }
-    let (tar, zstd) = layer_digests(store.clone(), &manifest, jobs).await?;
+    let frames = FrameDigests::default();
+    let (tar, zstd) = layer_digests(store.clone(), &manifest, &frames, jobs).await?;
     let (tar_docs, zstd_docs) = documents(&id, &manifest, tar, zstd)?;
     let record = ImageRecord {
         format: RECORD_FORMAT.to_owned(),
@@ -215,7 +241,7 @@ pub async fn open(
             zstd: zstd_docs.manifest_blob().digest,
         },
     };
-    let image = Image { id, manifest, record, tar: tar_docs, zstd: zstd_docs };
+    let image = Image { id, manifest, record, tar: tar_docs, zstd: zstd_docs, frames };
     write_record(&**store, &image).await;
     Ok(image)
 }
@@ -287,35 +313,53 @@ pub async fn snapshot_of(store: &dyn Store, digest: &Digest) -> Result<Option<Sn
 }
 
 /// Both layers' blobs: one pass that fetches and verifies every chunk, hashing the stored
-/// objects (the zstd layer) and the raw bytes (the tar) on a blocking thread.
-async fn layer_digests(store: Arc<dyn Store>, manifest: &Manifest, jobs: usize) -> Result<(Blob, Blob)> {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<(Bytes, Bytes)>(jobs.max(2) * 2);
+/// objects (the zstd layer, and each one's frame digest, noted in `frames`) and the raw bytes
+/// (the tar) on a blocking thread.
+async fn layer_digests(
+    store: Arc<dyn Store>,
+    manifest: &Manifest,
+    frames: &FrameDigests,
+    jobs: usize,
+) -> Result<(Blob, Blob)> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(Digest, Bytes, Bytes)>(jobs.max(2) * 2);
     let hashing = tokio::task::spawn_blocking(move || {
         let (mut tar, mut zstd) = (Hasher::new(), Hasher::new());
         let (mut tar_size, mut zstd_size) = (0u64, 0u64);
-        while let Some((stored, raw)) = rx.blocking_recv() {
+        let mut learned = Vec::new();
+        while let Some((chunk, stored, raw)) = rx.blocking_recv() {
             zstd.update(&stored);
             tar.update(&raw);
+            learned.push((chunk, Digest::of(&stored)));
             zstd_size += stored.len() as u64;
             tar_size += raw.len() as u64;
         }
-        (Blob { digest: tar.finish(), size: tar_size }, Blob { digest: zstd.finish(), size: zstd_size })
+        let blobs =
+            (Blob { digest: tar.finish(), size: tar_size }, Blob { digest: zstd.finish(), size: zstd_size });
+        (blobs, learned)
     });
-    let mut chunks = std::pin::pin!(restore::stored_chunk_stream(store, manifest.chunks.clone(), jobs));
-    while let Some(pair) = chunks.next().await {
-        if tx.send(pair?).await.is_err() {
+    let digests: Vec<Digest> = manifest.chunks.iter().map(|c| c.digest).collect();
+    let chunks = restore::stored_chunk_stream(store, manifest.chunks.clone(), jobs);
+    let mut chunks = std::pin::pin!(futures::stream::iter(digests).zip(chunks));
+    while let Some((digest, pair)) = chunks.next().await {
+        let (stored, raw) = pair?;
+        if tx.send((digest, stored, raw)).await.is_err() {
             break;
         }
     }
     drop(tx);
-    hashing.await.map_err(|e| Error::Failed(format!("hashing the layers stopped: {e}")))
+    let (blobs, learned) =
+        hashing.await.map_err(|e| Error::Failed(format!("hashing the layers stopped: {e}")))?;
+    for (chunk, frame) in learned {
+        frames.note(chunk, frame);
+    }
+    Ok(blobs)
 }
 
-/// Bytes `range` of the layer of `variant`, chunk by chunk as each is fetched and verified,
-/// `jobs` at once. Only the chunks the range touches are read.
+/// Bytes `range` of the layer of `variant` of `image`, chunk by chunk as each is fetched and
+/// verified, `jobs` at once. Only the chunks the range touches are read.
 pub fn layer_stream(
     store: Arc<dyn Store>,
-    chunks: &[ChunkRef],
+    image: Arc<Image>,
     variant: Variant,
     range: Range<u64>,
     jobs: usize,
@@ -326,7 +370,7 @@ pub fn layer_stream(
     };
     let mut picked = Vec::new();
     let mut offset = 0u64;
-    for chunk in chunks {
+    for chunk in &image.manifest.chunks {
         let end = offset + length(chunk);
         if end > range.start && offset < range.end {
             picked.push((offset, *chunk));
@@ -339,10 +383,19 @@ pub fn layer_stream(
     futures::stream::iter(picked)
         .map(move |(start, chunk)| {
             let store = store.clone();
+            let image = image.clone();
             let range = range.clone();
             async move {
                 let bytes = match variant {
-                    Variant::Zstd => restore::fetch_stored_chunk(&*store, &chunk).await?,
+                    Variant::Zstd => {
+                        let known = image.frames.get(&chunk.digest);
+                        let (stored, frame) =
+                            restore::fetch_stored_chunk_by_frame(&*store, &chunk, known).await?;
+                        if known != Some(frame) {
+                            image.frames.note(chunk.digest, frame);
+                        }
+                        stored
+                    }
                     Variant::Tar => restore::fetch_chunk(&*store, &chunk).await?,
                 };
                 let from = usize::try_from(range.start.saturating_sub(start)).unwrap_or(usize::MAX);

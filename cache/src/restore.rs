@@ -19,7 +19,7 @@ use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 
 use crate::chunk;
-use crate::digest::SnapshotId;
+use crate::digest::{Digest, SnapshotId};
 use crate::error::{Error, Result};
 use crate::extract::{self, ExtractOptions, ExtractReport};
 use crate::ingest::Progress;
@@ -246,6 +246,40 @@ pub async fn fetch_chunk_uncached(store: &dyn Store, chunk: &ChunkRef) -> Result
 /// Fetches one chunk's stored object, verified, for copying to another store as it is.
 pub async fn fetch_stored_chunk(store: &dyn Store, chunk: &ChunkRef) -> Result<Bytes> {
     fetch_checked(store, chunk).await.map(|(stored, _)| stored)
+}
+
+/// Fetches one chunk's stored object, verified by `frame`: the digest of the stored bytes,
+/// learned when this process last decoded that object and found it hashed to the chunk's
+/// digest. Bytes hashing to `frame` are those bytes, so hashing the compressed object (a
+/// quarter of the raw size, no decompression) verifies it as completely as decoding would.
+/// Anything else (damage, or a repair that compressed the chunk differently) is verified in
+/// full, which names damage as [`fetch_stored_chunk`] does. Returns the object and its frame
+/// digest, which differs from `frame` only after such a repair.
+pub async fn fetch_stored_chunk_by_frame(
+    store: &dyn Store,
+    chunk: &ChunkRef,
+    frame: Option<Digest>,
+) -> Result<(Bytes, Digest)> {
+    if let Some(frame) = frame {
+        let got = store.get(&layout::chunk(&chunk.digest), manifest::zstd_bound(chunk.size)).await;
+        if let Ok(got) = got
+            && got.bytes.len() as u64 == chunk.stored_size
+        {
+            let stored = got.bytes;
+            if digest_off_thread(stored.clone()).await? == frame {
+                return Ok((stored, frame));
+            }
+        }
+    }
+    let stored = fetch_stored_chunk(store, chunk).await?;
+    let frame = digest_off_thread(stored.clone()).await?;
+    Ok((stored, frame))
+}
+
+async fn digest_off_thread(bytes: Bytes) -> Result<Digest> {
+    tokio::task::spawn_blocking(move || Digest::of(&bytes))
+        .await
+        .map_err(|e| Error::Internal(format!("a hashing task failed: {e}")))
 }
 
 /// The verified raw bytes of `chunks`, in order, `concurrency` fetched at once.

@@ -442,16 +442,15 @@ async fn blob(
         Part::Config => Body::from(slice(&image.documents(Variant::Tar).config, &span)),
         Part::Layer(variant) => {
             let id = image.id;
-            let stream =
-                image::layer_stream(state.store.clone(), &image.manifest.chunks, variant, span, LAYER_JOBS)
-                    .map(move |item| {
-                        item.map_err(|e| {
-                            // Ending the body early is all HTTP allows once it has begun: the
-                            // client sees fewer bytes than Content-Length and fails the pull.
-                            tracing::error!(snapshot = %id, "the {} layer stopped: {e}", variant.as_str());
-                            std::io::Error::other("the snapshot could not be read")
-                        })
-                    });
+            let stream = image::layer_stream(state.store.clone(), image.clone(), variant, span, LAYER_JOBS)
+                .map(move |item| {
+                    item.map_err(|e| {
+                        // Ending the body early is all HTTP allows once it has begun: the
+                        // client sees fewer bytes than Content-Length and fails the pull.
+                        tracing::error!(snapshot = %id, "the {} layer stopped: {e}", variant.as_str());
+                        std::io::Error::other("the snapshot could not be read")
+                    })
+                });
             Body::from_stream(stream)
         }
     };

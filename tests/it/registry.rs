@@ -1,6 +1,6 @@
 //! `envbuild serve`'s registry API (`/v2/`) as image clients meet it: plain HTTP for the
 //! protocol's details, then the real clients on loopback — `docker pull` and `docker run`,
-//! `skopeo copy`, containerd's `ctr images pull` — and a damaged chunk that must fail a pull.
+//! `skopeo copy`, containerd's `ctr images pull`, `podman pull` — and a damaged chunk that must fail a pull.
 
 use std::path::Path;
 use std::process::Command as Process;
@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use envbuild_cache::digest::Digest;
+use envbuild_cache::testing::noise;
 use envbuild_cache::{SnapshotId, Store, catalog, layout};
 use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, CONTENT_RANGE, RANGE, USER_AGENT, WWW_AUTHENTICATE};
@@ -404,4 +405,39 @@ async fn containerd_pulls_the_zstd_variant() {
     let zstd: serde_json::Value =
         json(get(&server, &format!("/v2/snapshots/manifests/{hex}"), &[]).await).await;
     assert!(layers.contains(zstd["layers"][0]["digest"].as_str().unwrap()), "{layers}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn podman_pulls_by_digest_and_its_files_are_the_snapshots() {
+    let Some(()) = tool("podman") else { return };
+    let server = Server::start();
+    let id = import(&server, &rootfs(17));
+    let hex = id.trim_start_matches("sha256:");
+    let host = server.url.trim_start_matches("http://").to_owned();
+    let served = get(&server, &format!("/v2/snapshots/manifests/{hex}"), &[]).await;
+    let digest = served.headers()["docker-content-digest"].to_str().unwrap().to_owned();
+    // Its own storage, so the test leaves nothing in the host's.
+    let work = tempfile::tempdir().unwrap();
+    let podman = || {
+        let mut command = Process::new("podman");
+        command.args(["--root", &work.path().join("root").display().to_string()]);
+        command.args(["--runroot", &work.path().join("run").display().to_string()]);
+        command.args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "none"]);
+        command
+    };
+    let image = format!("{host}/snapshots@{digest}");
+    let denied = podman()
+        .args(["pull", "--quiet", "--tls-verify=false", "--creds", "anyone:ebt_wrong", &image])
+        .output()
+        .unwrap();
+    assert!(!denied.status.success(), "a pull with a wrong token succeeded");
+    let creds = format!("anyone:{}", server.read);
+    run(podman().args(["pull", "--quiet", "--tls-verify=false", "--creds", &creds, &image]));
+    // The image's files are the snapshot's: read one through a mount of the pulled image.
+    let mounted = run(podman().args(["image", "mount", &image]));
+    let file = std::fs::read(Path::new(mounted.trim()).join("opt/tool.bin"));
+    let _ = podman().args(["image", "unmount", "--all"]).output();
+    let _ = podman().args(["rmi", "--all", "--force"]).output();
+    let file = file.expect("the pulled image has no /opt/tool.bin");
+    assert!(file == noise(5_000_000, 17), "the pulled file is not the snapshot's");
 }

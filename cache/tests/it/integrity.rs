@@ -245,3 +245,31 @@ async fn a_dead_writers_lease_is_released_at_once() {
     let err = gc::gc(&store, options).await.unwrap_err().to_string();
     assert!(err.contains("process 4242 on another-host") && err.contains("ago"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_known_frame_digest_never_passes_other_bytes() {
+    let work = tempfile::tempdir().unwrap();
+    let local = LocalStore::open(work.path().join("store")).unwrap();
+    let store: Arc<dyn Store> = Arc::new(local.clone());
+    let report = import(&store, three_chunk_tar(11)).await;
+    let manifest = restore::read_manifest(&*store, &report.id).await.unwrap();
+    let chunk = manifest.chunks[1];
+    // Learned by a full check, then served by hashing the stored object alone.
+    let (stored, frame) = restore::fetch_stored_chunk_by_frame(&*store, &chunk, None).await.unwrap();
+    let (again, same) = restore::fetch_stored_chunk_by_frame(&*store, &chunk, Some(frame)).await.unwrap();
+    assert_eq!((again, same), (stored.clone(), frame));
+    // A stale frame digest (a repair compressed differently) falls back to the full check.
+    let stale = envbuild_cache::Digest::of(b"another object");
+    let (repaired, learned) = restore::fetch_stored_chunk_by_frame(&*store, &chunk, Some(stale)).await.unwrap();
+    assert_eq!((repaired, learned), (stored.clone(), frame));
+    // The same size, one byte flipped: refused whatever frame digest is known.
+    let path = local.root().join(layout::chunk(&chunk.digest).as_str());
+    let mut bytes = stored.to_vec();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    for known in [Some(frame), None] {
+        let err = restore::fetch_stored_chunk_by_frame(&*store, &chunk, known).await.unwrap_err();
+        assert!(err.to_string().contains(&chunk.digest.hex()[..12]), "{err}");
+    }
+}
