@@ -260,7 +260,8 @@ async fn a_known_frame_digest_never_passes_other_bytes() {
     assert_eq!((again, same), (stored.clone(), frame));
     // A stale frame digest (a repair compressed differently) falls back to the full check.
     let stale = envbuild_cache::Digest::of(b"another object");
-    let (repaired, learned) = restore::fetch_stored_chunk_by_frame(&*store, &chunk, Some(stale)).await.unwrap();
+    let (repaired, learned) =
+        restore::fetch_stored_chunk_by_frame(&*store, &chunk, Some(stale)).await.unwrap();
     assert_eq!((repaired, learned), (stored.clone(), frame));
     // The same size, one byte flipped: refused whatever frame digest is known.
     let path = local.root().join(layout::chunk(&chunk.digest).as_str());
