@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use envbuild_builder::boot::{self, StartOutcome, TerminalMode};
 use envbuild_builder::cleanup::Cleanup;
-use envbuild_builder::engine::{ContainerEngine, ExecSpec, Network};
+use envbuild_builder::engine::{ContainerEngine, ExecSpec, Network, PortMapping};
 use envbuild_builder::passwd::{self, User};
 use envbuild_builder::{inputs, pipeline};
 use envbuild_cache::manifest::Manifest;
@@ -21,6 +21,8 @@ use envbuild_secrets::{Loaded, Scope, When, records};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::runtime::trees::Trees;
+use crate::runtime::{self, Runc};
 use crate::session::Session;
 use crate::{bridge, build, config, format};
 
@@ -46,6 +48,61 @@ pub struct BootOptions {
     pub network: Network,
     /// How long to wait for `start` to finish before leaving it running in the background.
     pub start_wait: Duration,
+    /// Which engine runs the environment.
+    pub engine: EngineChoice,
+    /// Host ports asked for container ports (the others get free ones).
+    pub publish: Vec<PortMapping>,
+    /// How long to wait for every declared port to listen; `None` does not wait.
+    pub ready_wait: Option<Duration>,
+}
+
+/// Which engine runs an environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EngineChoice {
+    /// runc when this host can run it (root, runc, pasta), else Docker.
+    #[default]
+    Auto,
+    Runc,
+    Docker,
+}
+
+/// The engine an environment runs on, and how its image is made.
+enum Chosen {
+    Runc(Arc<Runc>),
+    Docker(Arc<dyn ContainerEngine>),
+}
+
+impl Chosen {
+    fn engine(&self) -> Arc<dyn ContainerEngine> {
+        match self {
+            Chosen::Runc(runc) => runc.clone(),
+            Chosen::Docker(engine) => engine.clone(),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Chosen::Runc(_) => "runc",
+            Chosen::Docker(_) => "docker",
+        }
+    }
+}
+
+/// The engine `choice` names on this host.
+async fn choose(session: &Session, choice: EngineChoice, network: Network) -> Result<Chosen> {
+    let runc = || Chosen::Runc(Arc::new(Runc::new(runtime::Layout::from_env())));
+    match choice {
+        EngineChoice::Runc => match runtime::unavailable_because(network == Network::Private) {
+            None => Ok(runc()),
+            Some(why) => Err(Error::Failed(format!(
+                "cannot boot on runc: {why}\nhint: `--engine docker` boots on the Docker engine instead"
+            ))),
+        },
+        EngineChoice::Auto if runtime::unavailable_because(network == Network::Private).is_none() => {
+            Ok(runc())
+        }
+        EngineChoice::Auto | EngineChoice::Docker => Ok(Chosen::Docker(session.engine.get().await?)),
+    }
 }
 
 /// One step of a boot and how long it took.
@@ -68,6 +125,14 @@ pub struct BootReport {
     pub steps: Vec<Step>,
     pub terminals: Vec<String>,
     pub terminal_mode: Option<&'static str>,
+    /// `runc` or `docker`.
+    pub engine: &'static str,
+    /// Published ports: container port on host port.
+    pub ports: Vec<PortMapping>,
+    /// From the start of the boot to its terminals running.
+    pub terminals_seconds: f64,
+    /// From the start of the boot to every declared port listening (when boot waited).
+    pub ready_seconds: Option<f64>,
     pub total_seconds: f64,
 }
 
@@ -121,32 +186,55 @@ pub async fn boot(session: &Session, options: &BootOptions) -> Result<BootReport
     let loaded = build::open_secrets(session, found).await.map_err(|e| {
         e.context("nothing was started: an environment boots with all of its secrets or not at all")
     })?;
-    let engine = session.engine.get().await?;
+    let chosen = choose(session, options.engine, options.network).await?;
+    let engine = chosen.engine();
     let name = options.name.clone().unwrap_or_else(|| format!("envbuild-{}", &id.0.hex()[..12]));
-    if !engine.containers(&format!("{}={name}", boot::NAME_LABEL)).await?.is_empty() {
+    if crate::envs::exists(session, &name).await? {
         return Err(Error::Failed(format!(
-            "an environment named `{name}` exists already\nhint: stop it first with `envbuild stop {name}`, or choose another --name"
+            "an environment named `{name}` exists already\nhint: remove it first with `envbuild rm {name}`, or choose another --name"
         )));
     }
+    let ports = port_mappings(&spec, &options.publish, &chosen)?;
     let mut steps = Steps { session, done: Vec::new() };
 
     let t = Instant::now();
-    let config = build::image_config(&manifest)?;
-    let (stream_store, stream_manifest, jobs) = (store.clone(), manifest.clone(), session.jobs);
-    let image = pipeline::import_snapshot_image(&engine, &id.0, &config, move || {
-        bridge::snapshot_stream(stream_store, &stream_manifest, jobs)
-    })
-    .await?;
-    let short_image: String = image.id.chars().take(19).collect();
-    steps.record(
-        "image",
-        t,
-        if image.reused {
-            format!("{short_image} (already imported)")
-        } else {
-            format!("{short_image} imported")
-        },
-    );
+    let image = match &chosen {
+        Chosen::Runc(runc) => {
+            let trees = Trees::new(runc.layout().clone());
+            let made = trees.materialize(store.clone(), &id, &manifest, session.jobs).await?;
+            let detail = if made.reused {
+                "already on this host".to_owned()
+            } else {
+                format!(
+                    "{} files, {} shared with other trees, {} new",
+                    made.files,
+                    made.shared_files,
+                    format::bytes(made.new_bytes)
+                )
+            };
+            steps.record("tree", t, detail);
+            trees.path(&id).display().to_string()
+        }
+        Chosen::Docker(_) => {
+            let config = build::image_config(&manifest)?;
+            let (stream_store, stream_manifest, jobs) = (store.clone(), manifest.clone(), session.jobs);
+            let image = pipeline::import_snapshot_image(&engine, &id.0, &config, move || {
+                bridge::snapshot_stream(stream_store, &stream_manifest, jobs)
+            })
+            .await?;
+            let short_image: String = image.id.chars().take(19).collect();
+            steps.record(
+                "image",
+                t,
+                if image.reused {
+                    format!("{short_image} (already imported)")
+                } else {
+                    format!("{short_image} imported")
+                },
+            );
+            image.id
+        }
+    };
 
     let cleanup = Cleanup::new(engine.clone());
     let environment = Environment {
@@ -157,9 +245,10 @@ pub async fn boot(session: &Session, options: &BootOptions) -> Result<BootReport
         name: &name,
         secrets: &loaded,
         scopes: &scopes,
+        ports: &ports,
     };
     let outcome = tokio::select! {
-        outcome = environment.start(&image.id, known_user, &cleanup, &mut steps) => outcome,
+        outcome = environment.start(&image, known_user, &cleanup, &mut steps) => outcome,
         () = session.cancel.cancelled() => Err(Error::Interrupted),
     };
     let (container, terminals, mode) = match outcome {
@@ -169,22 +258,105 @@ pub async fn boot(session: &Session, options: &BootOptions) -> Result<BootReport
             return Err(e.masked());
         }
     };
+    let terminals_seconds = started.elapsed().as_secs_f64();
     cleanup.keep_container(&container);
+    if let Chosen::Runc(runc) = &chosen {
+        runc.mark_complete(&name)?;
+    }
+    let ready_seconds = match options.ready_wait {
+        Some(wait) if !spec.ports.is_empty() => {
+            let t = Instant::now();
+            let declared: Vec<u16> = spec.ports.iter().map(|p| p.port).collect();
+            let missing = wait_for_ports(&engine, &container, &declared, wait, &session.cancel).await?;
+            if !missing.is_empty() {
+                return Err(Error::Failed(format!(
+                    "port{} {} of environment `{name}` did not listen within {}; the environment stays up\nhint: `envbuild logs {name}` shows why; `envbuild rm {name}` removes it",
+                    if missing.len() == 1 { "" } else { "s" },
+                    missing.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+                    format::duration(wait)
+                )));
+            }
+            steps.record("ready", t, describe_ports(&ports));
+            Some(started.elapsed().as_secs_f64())
+        }
+        _ => None,
+    };
     session.note(format!(
-        "environment `{name}` is up in {}; `envbuild logs {name}{}` shows its output, `envbuild stop {name}` ends it",
+        "environment `{name}` is up in {}{}; `envbuild logs {name}{}` shows its output, `envbuild exec {name} -- CMD` runs a command in it, `envbuild rm {name}` removes it",
         format::duration(started.elapsed()),
+        if ports.is_empty() { String::new() } else { format!(" ({})", describe_ports(&ports)) },
         terminals.first().map(|t| format!(" {t}")).unwrap_or_default()
     ));
     Ok(BootReport {
         name,
         container,
         snapshot: id,
-        image: image.id,
+        image,
         steps: steps.done,
         terminals,
         terminal_mode: mode.map(|m| if m == TerminalMode::Tmux { "tmux" } else { "supervised" }),
+        engine: chosen.name(),
+        ports,
+        terminals_seconds,
+        ready_seconds,
         total_seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// `port 3000 on host 41234, ...`.
+fn describe_ports(ports: &[PortMapping]) -> String {
+    ports.iter().map(|p| format!("port {} on host {}", p.container, p.host)).collect::<Vec<_>>().join(", ")
+}
+
+/// The host port of each port the config declares: the one `publish` asks for, else a free
+/// one (runc), or the same port (Docker, whose environments share the host's network).
+fn port_mappings(
+    spec: &EnvironmentSpec,
+    publish: &[PortMapping],
+    chosen: &Chosen,
+) -> Result<Vec<PortMapping>> {
+    let mut out = Vec::new();
+    for asked in publish {
+        if !spec.ports.iter().any(|p| p.port == asked.container) {
+            return Err(Error::Failed(format!(
+                "--publish names port {}, which the config does not declare\nhint: its `ports` are {}",
+                asked.container,
+                spec.ports.iter().map(|p| p.port.to_string()).collect::<Vec<_>>().join(", ")
+            )));
+        }
+    }
+    for port in &spec.ports {
+        let host = match (publish.iter().find(|p| p.container == port.port), chosen) {
+            (_, Chosen::Docker(_)) => port.port,
+            (Some(asked), Chosen::Runc(_)) => asked.host,
+            (None, Chosen::Runc(_)) => runtime::net::free_port()?,
+        };
+        out.push(PortMapping { host, container: port.port });
+    }
+    Ok(out)
+}
+
+/// Waits until each of `ports` listens in the environment, up to `wait`; the ones that did
+/// not.
+async fn wait_for_ports(
+    engine: &Arc<dyn ContainerEngine>,
+    container: &str,
+    ports: &[u16],
+    wait: Duration,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<Vec<u16>> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let listening = boot::listening(engine, container).await?;
+        let missing: Vec<u16> = ports.iter().copied().filter(|p| !listening.contains(p)).collect();
+        if missing.is_empty() || Instant::now() >= deadline {
+            return Ok(missing);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(20)) => {}
+            () = cancel.cancelled() => return Err(Error::Interrupted),
+        }
+    }
 }
 
 /// The scopes an environment sees: its repository's (with `--repo`, that repository; else the
@@ -261,6 +433,7 @@ struct Environment<'a> {
     name: &'a str,
     secrets: &'a [Loaded],
     scopes: &'a [Scope],
+    ports: &'a [PortMapping],
 }
 
 impl Environment<'_> {
@@ -287,6 +460,14 @@ impl Environment<'_> {
                 boot::TERMINALS_LABEL.to_owned(),
                 terminal_list.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(","),
             ),
+            (
+                boot::PORTS_LABEL.to_owned(),
+                self.ports
+                    .iter()
+                    .map(|p| format!("{}:{}", p.host, p.container))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
         ]);
         let env = settings_env(spec);
         let container = boot::create(
@@ -297,6 +478,7 @@ impl Environment<'_> {
                 env,
                 labels,
                 network: options.network,
+                ports: self.ports.to_vec(),
             },
         )
         .await?;

@@ -15,6 +15,11 @@ pub const CACHE_MAX: &str = "ENVBUILD_CACHE_MAX";
 /// Accept an S3 server that ignores conditional writes (`--allow-unconditional-writes`).
 pub const ALLOW_UNCONDITIONAL: &str = "ENVBUILD_ALLOW_UNCONDITIONAL_WRITES";
 
+/// `$XDG_DATA_HOME`, else `~/.local/share`.
+pub fn data_home() -> PathBuf {
+    base_dir("XDG_DATA_HOME", ".local/share")
+}
+
 /// The local master key file that encrypts secrets (default `~/.config/envbuild/master.key`).
 pub const MASTER_KEY: &str = "ENVBUILD_MASTER_KEY";
 

@@ -37,6 +37,7 @@ pub mod format;
 pub mod image;
 pub mod init;
 pub mod retention;
+pub mod runtime;
 pub mod secrets;
 pub mod serve;
 pub mod session;

@@ -78,6 +78,8 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Ps(args) => commands::envs::ps(global, args, &cancel).await,
         Command::Logs(args) => commands::envs::logs(global, args, &cancel).await,
         Command::Stop(args) => commands::envs::stop(global, args, &cancel).await,
+        Command::Exec(args) => commands::envs::exec(global, args, &cancel).await,
+        Command::Shell(args) => commands::envs::shell(global, args, &cancel).await,
         Command::Push(args) => commands::transfer::push(global, args, &cancel).await,
         Command::Pull(args) => commands::transfer::pull(global, args, &cancel).await,
         Command::Serve(args) => commands::serve::run(global, args).await,

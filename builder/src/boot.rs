@@ -32,6 +32,8 @@ pub const NAME_LABEL: &str = "envbuild.name";
 pub const SNAPSHOT_LABEL: &str = "envbuild.snapshot";
 pub const SCOPES_LABEL: &str = "envbuild.scopes";
 pub const TERMINALS_LABEL: &str = "envbuild.terminals";
+/// `HOST:CONTAINER,...`: the published ports.
+pub const PORTS_LABEL: &str = "envbuild.ports";
 /// Where process output goes inside the environment.
 pub const LOG_DIR: &str = "/var/log/envbuild";
 /// Where the environment finds its own config (normalized, read-only).
@@ -77,14 +79,23 @@ log=/var/log/envbuild/$name.log
 # configuration).
 if [ -r /run/envbuild/secrets.env ]; then set -a; . /run/envbuild/secrets.env; set +a; fi
 echo $$ > "/var/log/envbuild/$name.pid"
+# NAME.state says `running`, or `exited CODE` (what `envbuild ps` shows).
+state=/var/log/envbuild/$name.state
 if [ "$mode" = supervise ]; then
   while :; do
+    echo running > "$state"
     sh -c "$command" >>"$log" 2>&1 </dev/null
-    echo "[envbuild] $name exited with status $?; restarting in 1 s" >>"$log"
+    code=$?
+    echo "exited $code" > "$state"
+    echo "[envbuild] $name exited with status $code; restarting in 1 s" >>"$log"
     sleep 1
   done
 else
+  echo running > "$state"
   sh -c "$command" >>"$log" 2>&1 </dev/null
+  code=$?
+  echo "exited $code" > "$state"
+  exit $code
 fi
 "#;
 
@@ -97,6 +108,7 @@ pub struct EnvironmentSpec {
     pub env: Vec<String>,
     pub labels: BTreeMap<String, String>,
     pub network: Network,
+    pub ports: Vec<crate::engine::PortMapping>,
 }
 
 /// Tar entries, without the end-of-archive blocks, so that another tar stream can follow.
@@ -132,6 +144,7 @@ pub async fn create(engine: &Arc<dyn ContainerEngine>, spec: &EnvironmentSpec) -
             labels,
             network: spec.network,
             tmpfs: vec![(crate::workspace::SECRETS_DIR.to_owned(), "mode=0755".to_owned())],
+            ports: spec.ports.clone(),
             ..ContainerSpec::default()
         })
         .await?)
@@ -260,6 +273,64 @@ pub async fn terminals(
     }
 }
 
+/// The TCP ports listening in the container's network namespace: from the engine when it
+/// can tell directly, else from `/proc/net/tcp` and `tcp6` read through an exec.
+pub async fn listening(engine: &Arc<dyn ContainerEngine>, container: &str) -> Result<Vec<u16>> {
+    if let Some(ports) = engine.listening_ports(container).await? {
+        return Ok(ports);
+    }
+    let spec = ExecSpec {
+        cmd: vec!["sh".into(), "-c".into(), "cat /proc/net/tcp /proc/net/tcp6 2>/dev/null".into()],
+        user: Some("0:0".into()),
+        ..ExecSpec::default()
+    };
+    let (_, _, output) = crate::pipeline::exec_to_end(engine, container, &spec, None).await?;
+    Ok(listening_in(&String::from_utf8_lossy(&output)))
+}
+
+/// The local ports of the sockets in state LISTEN (`0A`) of `/proc/net/tcp`-format text
+/// (IPv4 and IPv6 alike: the port is the hex after the last `:` of the local address).
+pub fn listening_in(table: &str) -> Vec<u16> {
+    let mut ports: Vec<u16> = table
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (local, state) = (fields.get(1)?, fields.get(3)?);
+            if *state != "0A" {
+                return None;
+            }
+            u16::from_str_radix(local.rsplit_once(':')?.1, 16).ok()
+        })
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+/// Each terminal's state as its runner last wrote it: `running`, or `exited CODE`; `unknown`
+/// when it has not written one.
+pub async fn terminal_states(
+    engine: &Arc<dyn ContainerEngine>,
+    container: &str,
+    names: &[String],
+) -> Result<Vec<(String, String)>> {
+    let script = format!("for f in {}; do echo \"$(cat \"$f\" 2>/dev/null || echo unknown)\"; done", {
+        names.iter().map(|n| quote(&format!("{LOG_DIR}/{n}.state"))).collect::<Vec<_>>().join(" ")
+    });
+    let spec = ExecSpec {
+        cmd: vec!["sh".into(), "-c".into(), script],
+        user: Some("0:0".into()),
+        ..ExecSpec::default()
+    };
+    let (_, _, output) = crate::pipeline::exec_to_end(engine, container, &spec, None).await?;
+    let said = String::from_utf8_lossy(&output);
+    Ok(names
+        .iter()
+        .cloned()
+        .zip(said.lines().map(|l| l.trim().to_owned()).chain(std::iter::repeat("unknown".to_owned())))
+        .collect())
+}
+
 /// The output of log `name` (a terminal, `start`), or of all logs, following when asked.
 pub async fn logs(
     engine: &Arc<dyn ContainerEngine>,
@@ -290,6 +361,20 @@ pub async fn logs(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listening_sockets_of_proc_net_tcp() {
+        let table =
+            "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1
+   1: 0100007F:0BB8 0100007F:A2C4 01 00000000:00000000 00:00000000 00000000     0        0 2 1
+  sl  local_address                         remote_address                        st
+   0: 00000000000000000000000000000000:0BB9 00000000000000000000000000000000:0000 0A 0 0
+   1: 00000000000000000000000000000000:1F90 00000000000000000000000000000000:0000 0A 0 0";
+        // 8080 (IPv4 and IPv6, once) and 3001 listen; 3000 is an established connection.
+        assert_eq!(listening_in(table), vec![3001, 8080]);
+        assert!(listening_in("garbage\n\n").is_empty());
+    }
 
     #[test]
     fn quoting() {

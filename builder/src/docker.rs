@@ -207,7 +207,7 @@ impl ContainerEngine for DockerEngine {
             .rm(true)
             .forcerm(true)
             .nocache(request.no_cache)
-            .networkmode(request.network.as_str())
+            .networkmode(request.network.docker_mode())
             .labels(&labels_map(&request.labels))
             .buildargs(&labels_map(&request.build_args));
         // BuildKit, as Docker uses by default since 23.0, through a session of our own (it
@@ -320,7 +320,7 @@ impl ContainerEngine for DockerEngine {
             attach_stdout: Some(true),
             attach_stderr: Some(true),
             host_config: Some(HostConfig {
-                network_mode: Some(spec.network.as_str().to_owned()),
+                network_mode: Some(spec.network.docker_mode().to_owned()),
                 binds: (!spec.volumes.is_empty())
                     .then(|| spec.volumes.iter().map(|(volume, path)| format!("{volume}:{path}")).collect()),
                 tmpfs: (!spec.tmpfs.is_empty()).then(|| spec.tmpfs.iter().cloned().collect()),

@@ -50,6 +50,12 @@ pub enum EngineError {
     Rejected { operation: String, message: String },
     #[error("{what} `{name}` does not exist in the Docker engine")]
     NotFound { what: &'static str, name: String },
+    /// The OCI runtime (runc) or a tool beside it (pasta, ip, mount) failed, and said why.
+    #[error("the container runtime could not {operation}: {message}")]
+    Runtime { operation: String, message: String },
+    /// An operation this engine does not have (the runc runtime builds no images).
+    #[error("the {engine} engine cannot {operation}")]
+    Unsupported { engine: &'static str, operation: &'static str },
 }
 
 /// One piece of output.
@@ -71,11 +77,15 @@ impl Output {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Network {
-    /// The host's network (the default: the default bridge may be missing).
+    /// The host's network (the default for builds: the default bridge may be missing).
     #[default]
     Host,
     /// No network at all.
     None,
+    /// A network namespace of its own with outbound access and its ports published on the
+    /// host (the runc runtime, through pasta). The Docker engine, whose bridge needs the
+    /// iptables rules it may not have, gives the host's network instead.
+    Private,
 }
 
 impl Network {
@@ -83,8 +93,24 @@ impl Network {
         match self {
             Network::Host => "host",
             Network::None => "none",
+            Network::Private => "private",
         }
     }
+
+    /// Docker's network mode.
+    pub fn docker_mode(self) -> &'static str {
+        match self {
+            Network::Host | Network::Private => "host",
+            Network::None => "none",
+        }
+    }
+}
+
+/// A container port published on a host port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortMapping {
+    pub host: u16,
+    pub container: u16,
 }
 
 /// A build of a Dockerfile with the classic builder.
@@ -124,6 +150,8 @@ pub struct ContainerSpec {
     pub volumes: Vec<(String, String)>,
     /// tmpfs mounts: (path, options such as `mode=1777`).
     pub tmpfs: Vec<(String, String)>,
+    /// Ports to publish (a private network only).
+    pub ports: Vec<PortMapping>,
 }
 
 /// The parts of an image's configuration envbuild keeps (OCI `config`).
@@ -301,6 +329,13 @@ pub trait ContainerEngine: Send + Sync + std::fmt::Debug {
 
     /// The exit code of a finished exec, `None` while it runs.
     async fn exec_exit_code(&self, exec: &str) -> Result<Option<i64>, EngineError>;
+
+    /// The TCP ports something listens on in the container's network namespace, when the
+    /// engine can tell without an exec; `None` sends the caller to read `/proc/net/tcp`
+    /// through one.
+    async fn listening_ports(&self, _container: &str) -> Result<Option<Vec<u16>>, EngineError> {
+        Ok(None)
+    }
 }
 
 /// What a build reports, in order.

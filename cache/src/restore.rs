@@ -445,6 +445,22 @@ pub async fn fetch_to_dir(
     concurrency: usize,
     progress: Arc<Progress>,
 ) -> Result<ExtractReport> {
+    fetch_to_dir_then(store, manifest, target, options, concurrency, progress, |_| Ok(()))
+        .await
+        .map(|(r, ())| r)
+}
+
+/// [`fetch_to_dir`], with `finish` run on the complete tree (on a blocking thread) before it
+/// is moved into place: whatever `finish` does is in place as atomically as the tree.
+pub async fn fetch_to_dir_then<T: Send + 'static>(
+    store: Arc<dyn Store>,
+    manifest: &Manifest,
+    target: &Path,
+    options: ExtractOptions,
+    concurrency: usize,
+    progress: Arc<Progress>,
+    finish: impl FnOnce(&Path) -> Result<T> + Send + 'static,
+) -> Result<(ExtractReport, T)> {
     let resolved =
         staging::resolve(target).map_err(Error::io(format!("cannot restore into `{}`", target.display())))?;
     let occupied = std::fs::symlink_metadata(&resolved).is_ok_and(|meta| {
@@ -466,9 +482,13 @@ pub async fn fetch_to_dir(
     let report =
         pump(store, manifest, concurrency, progress, move |reader| extract::extract(reader, &root, &options))
             .await?;
+    let root = staging.path().to_path_buf();
+    let finished = tokio::task::spawn_blocking(move || finish(&root))
+        .await
+        .map_err(|e| Error::Internal(format!("finishing the restored tree stopped: {e}")))??;
     put_in_place(staging, &resolved)
         .map_err(Error::io(format!("cannot move the restored tree into `{}`", target.display())))?;
-    Ok(report)
+    Ok((report, finished))
 }
 
 /// Renames `staged` to `target`, replacing whatever is there: an empty directory atomically;

@@ -103,10 +103,13 @@ pub enum Command {
     /// `--grace`, so an import in progress elsewhere is never cut short. It also removes what
     /// interrupted fetches left on this host, and package-cache volumes past their bounds.
     Gc(GcArgs),
-    /// Remove snapshots: their manifests and every key record and head naming them.
+    /// Remove environments by name, or snapshots: their manifests and every key record and head
+    /// naming them.
     ///
-    /// A snapshot a ref names is refused unless `--force` (which removes the ref too). The
-    /// chunks only they used go at the next `gc`; this host's engine images of them go now.
+    /// A name of a booted environment (see `envbuild ps`) removes it and all it made (mount,
+    /// network, what it wrote). A snapshot a ref names is refused unless `--force` (which
+    /// removes the ref too). The chunks only they used go at the next `gc`; this host's engine
+    /// images and unused runc trees of them go now.
     #[command(after_help = "Examples:
   envbuild rm sha256:3f2a...
   envbuild rm 3f2a9c 77b1e0 --force")]
@@ -149,24 +152,39 @@ pub enum Command {
         after_help = "Examples:\n  envbuild explain sha256:3f2a... sha256:9b1c...\n  envbuild explain 3f2a1b --repo ."
     )]
     Explain(ExplainArgs),
-    /// Boot a snapshot into a running environment: install, start, then the terminals.
+    /// Boot a snapshot into a running environment: install, start, the terminals, then wait
+    /// for its ports.
     ///
-    /// Makes sure the snapshot is a Docker image (imported once, labelled with its id, its OCI
-    /// configuration restored), creates a container named NAME with the repository at
-    /// /workspace (when --repo is given) and the scoped boot secrets as environment variables,
-    /// runs `install` (with its secrets), then `start`, then each terminal as a named,
-    /// long-running process (in one tmux session when the image has tmux). Reports each step's
-    /// time. The environment keeps running until `envbuild stop NAME`.
+    /// On runc (the default where it runs): the snapshot is materialized once per host as a
+    /// read-only tree whose files are shared with the trees of other snapshots, and the
+    /// environment is an overlay on it, in a network namespace of its own (pasta) with the
+    /// config's `ports` published on free host ports (or `--publish HOST:PORT`). On Docker:
+    /// the snapshot is imported as an image once. Either way the repository goes to
+    /// /workspace (with --repo), `install` runs (with its secrets), then `start`, then each
+    /// terminal as a named, supervised process (in one tmux session when the image has tmux);
+    /// boot then waits until every declared port listens (`--no-wait` skips it). Secrets
+    /// reach the processes through a tmpfs file, never the container's configuration.
+    /// Reports each step's time. The environment runs until `envbuild stop NAME`.
     #[command(
-        after_help = "Examples:\n  envbuild boot sha256:3f2a... --name agent-1 --repo .\n  envbuild boot --key sha256:0d19... --group platform\n  envbuild logs agent-1 web -f"
+        after_help = "Examples:\n  envbuild boot sha256:3f2a... --name agent-1 --repo .\n  envbuild boot --key sha256:0d19... --group platform -p 8080:3000\n  envbuild ps\n  envbuild logs agent-1 web -f\n  envbuild exec agent-1 -- npm test\n  envbuild rm agent-1"
     )]
     Boot(BootArgs),
     /// List booted environments.
     Ps(PsArgs),
     /// Show the output of an environment's terminals (and of `start`), redacted.
     Logs(LogsArgs),
-    /// Stop an environment and remove its container.
+    /// Stop an environment: its processes, mount and network go; on runc, what it wrote (its
+    /// logs) stays readable until `envbuild rm NAME`. A Docker environment is removed.
     Stop(StopArgs),
+    /// Run a command in an environment, as its user in /workspace, with its secrets.
+    ///
+    /// Standard input, output and error are the command's; the exit code is its.
+    #[command(
+        after_help = "Examples:\n  envbuild exec agent-1 -- npm test\n  envbuild exec agent-1 -- sh -c 'echo $PATH'"
+    )]
+    Exec(ExecArgs),
+    /// Open an interactive shell in an environment (bash when it has it, else sh).
+    Shell(ShellArgs),
     /// Store, list and remove secrets (encrypted at rest, injected as environment variables).
     ///
     /// Values are encrypted with a fresh data key per version (AES-256-GCM), wrapped by AWS KMS
@@ -333,8 +351,9 @@ pub struct GcArgs {
 
 #[derive(Debug, Args)]
 pub struct RmArgs {
-    /// The snapshots: ids, unique prefixes of at least 6 hex digits, or ref names.
-    #[arg(required = true, value_name = "SNAPSHOT")]
+    /// Environment names, or snapshots: ids, unique prefixes of at least 6 hex digits, or ref
+    /// names. An environment's name is matched first.
+    #[arg(required = true, value_name = "NAME|SNAPSHOT")]
     pub snapshots: Vec<String>,
     /// Remove a snapshot a ref names too, and the ref.
     #[arg(long)]
@@ -466,22 +485,86 @@ pub struct BootArgs {
     /// An environment group the environment is in (repeatable): it sees the group's secrets.
     #[arg(long = "group", value_name = "NAME")]
     pub groups: Vec<String>,
-    /// Network of the environment.
-    #[arg(long, value_enum, default_value = "host")]
-    pub network: NetworkArg,
+    /// Network of the environment: `private` (a namespace of its own with outbound access and
+    /// the config's ports published on host ports; on Docker, the host's), `host`, or `none`.
+    #[arg(long, value_enum, default_value = "private")]
+    pub network: BootNetworkArg,
+    /// The engine: `auto` (runc when this host can run it: root, with runc and pasta;
+    /// otherwise the Docker engine), `runc`, or `docker`.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub engine: EngineArg,
+    /// Publish a declared port on a chosen host port (repeatable); the others get free ones.
+    #[arg(short = 'p', long, value_name = "HOST:PORT", value_parser = parse_publish)]
+    pub publish: Vec<envbuild_builder::engine::PortMapping>,
     /// How long to wait for `start` to finish before leaving it running in the background.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     pub start_wait: std::time::Duration,
+    /// Return once the terminals run, without waiting for the declared ports to listen.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// How long to wait for every declared port to listen before failing (the environment
+    /// stays up).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub ready_timeout: std::time::Duration,
     /// Print a JSON report on stdout.
     #[arg(long)]
     pub json: bool,
 }
 
+/// `HOST:PORT` of `--publish`.
+fn parse_publish(text: &str) -> Result<envbuild_builder::engine::PortMapping, String> {
+    let (host, container) =
+        text.split_once(':').ok_or_else(|| format!("`{text}` is not HOST:PORT (say `8080:3000`)"))?;
+    let port =
+        |p: &str| p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| format!("`{p}` is not a port"));
+    Ok(envbuild_builder::engine::PortMapping { host: port(host)?, container: port(container)? })
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum BootNetworkArg {
+    /// Its own network namespace, outbound access, ports published.
+    Private,
+    /// The host's network.
+    Host,
+    /// No network.
+    None,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum EngineArg {
+    Auto,
+    Runc,
+    Docker,
+}
+
 #[derive(Debug, Args)]
 pub struct PsArgs {
+    /// Also list everything the runc runtime made on this host: environment directories
+    /// (stopped ones, and what interrupted boots left), trees, mounts, network namespaces,
+    /// pasta processes and runc containers.
+    #[arg(long)]
+    pub all: bool,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// The environment.
+    pub name: String,
+    /// The command and its arguments (after `--`).
+    #[arg(required = true, last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+    /// Allocate a terminal (default: when stdin is one).
+    #[arg(short, long)]
+    pub tty: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ShellArgs {
+    /// The environment.
+    pub name: String,
 }
 
 #[derive(Debug, Args)]

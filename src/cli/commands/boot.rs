@@ -2,10 +2,11 @@
 
 use std::process::ExitCode;
 
-use envbuild::boot::{self, BootOptions, Target};
+use envbuild::boot::{self, BootOptions, EngineChoice, Target};
+use envbuild_builder::engine::Network;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{self, BootArgs, GlobalArgs, output};
+use crate::cli::{self, BootArgs, BootNetworkArg, EngineArg, GlobalArgs, output};
 
 pub async fn run(
     global: &GlobalArgs,
@@ -23,8 +24,19 @@ pub async fn run(
         repo: args.repo.clone(),
         name: args.name.clone(),
         groups: args.groups.clone(),
-        network: args.network.into(),
+        network: match args.network {
+            BootNetworkArg::Private => Network::Private,
+            BootNetworkArg::Host => Network::Host,
+            BootNetworkArg::None => Network::None,
+        },
         start_wait: args.start_wait,
+        engine: match args.engine {
+            EngineArg::Auto => EngineChoice::Auto,
+            EngineArg::Runc => EngineChoice::Runc,
+            EngineArg::Docker => EngineChoice::Docker,
+        },
+        publish: args.publish.clone(),
+        ready_wait: (!args.no_wait).then_some(args.ready_timeout),
     };
     let report = boot::boot(&session, &options).await?;
     if args.json {

@@ -16,6 +16,9 @@ pub async fn run(global: &GlobalArgs, args: &GcArgs, cancel: &CancellationToken)
     let report = gc::gc(&store, options).await?;
     // What fetches killed outright left beside their targets, on this host.
     let staging = if args.dry_run { Vec::new() } else { envbuild_cache::staging::sweep() };
+    // What interrupted boots left in the runc runtime, and trees beyond its bound.
+    let runtime =
+        if args.dry_run { envbuild::envs::Swept::default() } else { envbuild::envs::sweep().await? };
     // The package-manager caches of this host go by their own bounds; without an engine there
     // are none to collect.
     let caches = match envbuild::caches::collect(&session, args.dry_run).await {
@@ -39,6 +42,7 @@ pub async fn run(global: &GlobalArgs, args: &GcArgs, cancel: &CancellationToken)
             "removed_image_records": report.removed_image_records,
             "removed_package_caches": caches,
             "removed_staging": staging,
+            "runtime": runtime,
             "damaged": report.damaged.iter().map(|(id, why)| serde_json::json!({"id": id, "damage": why})).collect::<Vec<_>>(),
         }))?;
         return Ok(ExitCode::SUCCESS);
@@ -60,6 +64,16 @@ pub async fn run(global: &GlobalArgs, args: &GcArgs, cancel: &CancellationToken)
             "  removed {} staging path(s) left by interrupted fetches: {}",
             staging.len(),
             staging.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    if !runtime.environments.is_empty() || !runtime.network_namespaces.is_empty() || !runtime.trees.is_empty()
+    {
+        ui::eprint_line(format!(
+            "  removed {} environment(s) interrupted boots left, {} network namespace(s), {} tree(s) beyond the bound ({} of files)",
+            runtime.environments.len(),
+            runtime.network_namespaces.len(),
+            runtime.trees.len(),
+            format::bytes(runtime.object_bytes)
         ));
     }
     for (_, damage) in &report.damaged {

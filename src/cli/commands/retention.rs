@@ -2,8 +2,8 @@
 
 use std::process::ExitCode;
 
-use envbuild::format;
 use envbuild::retention::{self, PruneOptions};
+use envbuild::{envs, format};
 use envbuild_cache::retention::Rules;
 use tokio_util::sync::CancellationToken;
 
@@ -11,7 +11,25 @@ use crate::cli::{self, GlobalArgs, PruneArgs, RmArgs, output, ui};
 
 pub async fn rm(global: &GlobalArgs, args: &RmArgs, cancel: &CancellationToken) -> anyhow::Result<ExitCode> {
     let session = cli::reading_session(global, cancel).await?;
-    let report = retention::rm(&session, &args.snapshots, args.force).await?;
+    // Environment names first; the rest name snapshots.
+    let mut snapshots = Vec::new();
+    let mut environments = Vec::new();
+    for name in &args.snapshots {
+        if envs::exists(&session, name).await? {
+            envs::remove(&session, name).await?;
+            ui::eprint_line(format!("removed environment `{name}`"));
+            environments.push(name.clone());
+        } else {
+            snapshots.push(name.clone());
+        }
+    }
+    if snapshots.is_empty() {
+        if args.json {
+            output::json(&serde_json::json!({ "environments": environments }))?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let report = retention::rm(&session, &snapshots, args.force).await?;
     if args.json {
         output::json(&report)?;
         return Ok(ExitCode::SUCCESS);
