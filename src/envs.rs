@@ -189,12 +189,7 @@ pub async fn logs(
         }
     }
     // The logs are redacted with the secrets the environment was booted with.
-    let scopes: Vec<Scope> = parts(&info, boot::SCOPES_LABEL).iter().filter_map(|s| s.parse().ok()).collect();
-    let found_secrets = records::list(&*session.store, &scopes).await?;
-    let loaded = build::open_secrets(session, found_secrets).await.map_err(|e| {
-        e.context("the logs are shown only redacted, and the secrets to redact them with cannot be read")
-    })?;
-    let mut redactor = Redactor::new(records::patterns(&loaded)?);
+    let mut redactor = redactor(session, &info).await?;
     let write = |out: &mut (dyn Write + Send), bytes: &[u8]| {
         out.write_all(bytes).and_then(|()| out.flush()).map_err(Error::io("cannot write the logs"))
     };
@@ -276,9 +271,32 @@ pub async fn exec(session: &Session, name: &str, cmd: &[String], tty: bool) -> R
         "envbuild".to_owned(),
     ];
     argv.extend(cmd.iter().cloned());
+    let mut redactors = (redactor(session, &info).await?, redactor(session, &info).await?);
     match &found {
+        // A terminal is the user's own: what they print there is theirs to see.
+        Found::Runc(runc, _) if tty => {
+            let mut command =
+                runc.exec_command(&info.id, &user.engine_spec(), pipeline::WORKSPACE, &argv, true)?;
+            let status = command.status().await.map_err(Error::io("cannot run runc"))?;
+            Ok(status.code().unwrap_or(1))
+        }
         Found::Runc(runc, _) => {
-            Ok(runc.exec_attached(&info.id, &user.engine_spec(), pipeline::WORKSPACE, &argv, tty).await?)
+            let mut command =
+                runc.exec_command(&info.id, &user.engine_spec(), pipeline::WORKSPACE, &argv, false)?;
+            command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+            let mut child = command.spawn().map_err(Error::io("cannot run runc"))?;
+            let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+                return Err(Error::Failed("the command's output pipes are missing".into()));
+            };
+            let (mut out_mask, mut err_mask) = redactors;
+            let (a, b) = tokio::join!(
+                masked_copy(stdout, &mut out_mask, std::io::stdout()),
+                masked_copy(stderr, &mut err_mask, std::io::stderr())
+            );
+            a?;
+            b?;
+            let status = child.wait().await.map_err(Error::io("cannot run runc"))?;
+            Ok(status.code().unwrap_or(1))
         }
         Found::Docker(engine, _) => {
             let spec = ExecSpec {
@@ -287,11 +305,61 @@ pub async fn exec(session: &Session, name: &str, cmd: &[String], tty: bool) -> R
                 working_dir: Some(pipeline::WORKSPACE.to_owned()),
                 ..ExecSpec::default()
             };
-            let mut sink = session.output_sink();
-            let (code, _, _) = pipeline::exec_to_end(engine, &info.id, &spec, Some(&mut sink)).await?;
-            Ok(i32::try_from(code).unwrap_or(1))
+            let (exec, mut output) = engine.exec(&info.id, &spec).await?;
+            while let Some(item) = output.next().await {
+                match item? {
+                    envbuild_builder::engine::Output::Stdout(b) => {
+                        write_out(&mut std::io::stdout(), &redactors.0.push(&b))?
+                    }
+                    envbuild_builder::engine::Output::Stderr(b) => {
+                        write_out(&mut std::io::stderr(), &redactors.1.push(&b))?
+                    }
+                }
+            }
+            write_out(&mut std::io::stdout(), &redactors.0.finish())?;
+            write_out(&mut std::io::stderr(), &redactors.1.finish())?;
+            for _ in 0..100 {
+                if let Some(code) = engine.exec_exit_code(&exec).await? {
+                    return Ok(i32::try_from(code).unwrap_or(1));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(Error::Failed("the engine did not report the command's exit code".into()))
         }
     }
+}
+
+/// A redactor with the secrets of the scopes environment `info` was booted in.
+async fn redactor(session: &Session, info: &ContainerInfo) -> Result<Redactor> {
+    let scopes: Vec<Scope> = parts(info, boot::SCOPES_LABEL).iter().filter_map(|s| s.parse().ok()).collect();
+    let found = records::list(&*session.store, &scopes).await?;
+    let loaded = build::open_secrets(session, found).await.map_err(|e| {
+        e.context("output is shown only redacted, and the secrets to redact it with cannot be read")
+    })?;
+    Ok(Redactor::new(records::patterns(&loaded)?))
+}
+
+fn write_out(out: &mut dyn Write, bytes: &[u8]) -> Result<()> {
+    out.write_all(bytes).and_then(|()| out.flush()).map_err(Error::io("cannot write the output"))
+}
+
+/// Copies a child's pipe to `out`, masked, as it arrives.
+async fn masked_copy(
+    mut from: impl tokio::io::AsyncRead + Unpin,
+    mask: &mut Redactor,
+    mut out: impl Write,
+) -> Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = tokio::io::AsyncReadExt::read(&mut from, &mut buf)
+            .await
+            .map_err(Error::io("cannot read the output"))?;
+        if n == 0 {
+            break;
+        }
+        write_out(&mut out, &mask.push(&buf[..n]))?;
+    }
+    write_out(&mut out, &mask.finish())
 }
 
 /// Everything the runc runtime has made on this host, for `ps --all`.
@@ -354,6 +422,33 @@ pub async fn resources() -> Result<Resources> {
         containers,
         root,
     })
+}
+
+/// Removes the runc trees of snapshots `ids` that no environment uses, and the file objects
+/// only they linked; what went, for messages.
+pub fn remove_trees(ids: &[envbuild_cache::SnapshotId]) -> Vec<String> {
+    let layout = runtime::Layout::from_env();
+    if !layout.trees().is_dir() {
+        return Vec::new();
+    }
+    let runc = Runc::new(layout.clone());
+    let in_use: HashSet<PathBuf> = runc.records().into_iter().map(|r| r.lower).collect();
+    let trees = Trees::new(layout);
+    let mut gone = Vec::new();
+    for id in ids {
+        let path = trees.path(id);
+        if !path.is_dir() || in_use.contains(&path) {
+            continue;
+        }
+        match trees.remove(&path) {
+            Ok(()) => gone.push(format!("tree {id}")),
+            Err(e) => tracing::info!("kept the tree of {id}: {e}"),
+        }
+    }
+    if !gone.is_empty() {
+        trees.sweep_objects();
+    }
+    gone
 }
 
 /// What [`sweep`] removed.

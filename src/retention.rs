@@ -100,9 +100,10 @@ pub async fn prune(session: &Session, options: PruneOptions) -> Result<PruneRepo
 /// `leftovers` the install containers left stopped; returns what went. Without an engine
 /// there is nothing to remove; an image in use stays.
 async fn remove_from_engine(session: &Session, ids: &[SnapshotId], leftovers: bool) -> Vec<String> {
-    let Ok(engine) = session.engine.get().await else { return Vec::new() };
+    // The runc runtime's trees of them, first: the Docker engine may not answer.
+    let mut gone = crate::envs::remove_trees(ids);
+    let Ok(engine) = session.engine.get().await else { return gone };
     let wanted: HashSet<String> = ids.iter().map(ToString::to_string).collect();
-    let mut gone = Vec::new();
     for label in [pipeline::CHECKPOINT_LABEL, pipeline::SNAPSHOT_LABEL] {
         let Ok(images) = engine.labelled_images(label).await else { continue };
         for (image, labels) in images {

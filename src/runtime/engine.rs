@@ -241,25 +241,23 @@ impl Runc {
         errors.into_iter().next().map_or(Ok(()), Err)
     }
 
-    /// Runs `cmd` in environment `name` with this process's standard streams (a terminal
-    /// when `tty`): `envbuild exec` and `shell`. Its exit code.
-    pub async fn exec_attached(
+    /// The `runc exec` of `cmd` in environment `name` as `user` in `cwd`, a terminal when
+    /// `tty`: `envbuild exec` and `shell` choose its standard streams.
+    pub fn exec_command(
         &self,
         name: &str,
         user: &str,
         cwd: &str,
         cmd: &[String],
         tty: bool,
-    ) -> Result<i32, EngineError> {
+    ) -> Result<tokio::process::Command, EngineError> {
         let mut command = self.command();
         command.args(["exec", "--user", &spec::exec_user(user)?, "--cwd", cwd]);
         if tty {
             command.arg("--tty");
         }
         command.arg(name).args(cmd);
-        let status =
-            command.status().await.map_err(|e| failed("run a command", format!("cannot run runc: {e}")))?;
-        Ok(status.code().unwrap_or(128 + 9))
+        Ok(command)
     }
 
     fn unsupported(operation: &'static str) -> EngineError {

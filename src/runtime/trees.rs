@@ -206,7 +206,12 @@ impl Trees {
                 }
             }
         }
-        Ok((removed, sweep_objects(&self.layout.objects())))
+        Ok((removed, self.sweep_objects()))
+    }
+
+    /// Removes the objects no tree links (a link count of one); their bytes.
+    pub fn sweep_objects(&self) -> u64 {
+        sweep_objects(&self.layout.objects())
     }
 }
 

@@ -35,7 +35,7 @@ fn set_secret(store: &Path, home: &Path, name: &str, value: &str, extra: &[&str]
 /// Boots snapshot `id` as `name` with `repo` at /workspace, without network, reporting JSON.
 fn boot_repo(store: &Path, home: &Path, id: &str, name: &str, repo: &Path) -> Output {
     eb(store, home)
-        .args(["boot", id, "--network", "none", "--json", "--name", name, "--repo"])
+        .args(["boot", id, "--engine", "docker", "--network", "none", "--json", "--name", name, "--repo"])
         .arg(repo)
         .output()
         .unwrap()
@@ -348,7 +348,10 @@ async fn kms_secrets_open_and_an_unreachable_kms_stops_the_boot() {
     let _removes = Removes(name.clone());
     let mut boot = eb(store.path(), home.path());
     with_aws(&mut boot, "http://127.0.0.1:9");
-    let out = boot.args(["boot", &id, "--network", "none", "--name", &name]).output().unwrap();
+    let out = boot
+        .args(["boot", &id, "--engine", "docker", "--network", "none", "--name", &name])
+        .output()
+        .unwrap();
     let text = all_text(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("`BOOT_TOKEN`") && text.contains("nothing was started"), "{text}");
@@ -357,7 +360,10 @@ async fn kms_secrets_open_and_an_unreachable_kms_stops_the_boot() {
     // KMS reachable: it boots and the terminal sees the value (masked in the logs).
     let mut boot = eb(store.path(), home.path());
     with_aws(&mut boot, &endpoint);
-    let out = boot.args(["boot", &id, "--network", "none", "--name", &name]).output().unwrap();
+    let out = boot
+        .args(["boot", &id, "--engine", "docker", "--network", "none", "--name", &name])
+        .output()
+        .unwrap();
     let text = all_text(&out);
     assert!(out.status.success(), "{text}");
     assert!(!text.contains(BOOT_VALUE), "{text}");
@@ -375,8 +381,10 @@ async fn kms_secrets_open_and_an_unreachable_kms_stops_the_boot() {
     std::fs::rename(store.path().join("v1/secrets/workspace/BOOT_TOKEN"), team.join("BOOT_TOKEN")).unwrap();
     let mut boot = eb(store.path(), home.path());
     with_aws(&mut boot, &endpoint);
-    let out =
-        boot.args(["boot", &id, "--network", "none", "--name", &name, "--group", "core"]).output().unwrap();
+    let out = boot
+        .args(["boot", &id, "--engine", "docker", "--network", "none", "--name", &name, "--group", "core"])
+        .output()
+        .unwrap();
     let text = all_text(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("cannot be decrypted") && !text.contains(BOOT_VALUE), "{text}");

@@ -12,6 +12,7 @@ mod export;
 mod incremental;
 #[cfg(feature = "http")]
 mod registry;
+mod runtime;
 #[cfg(feature = "s3")]
 mod s3;
 mod scopes;

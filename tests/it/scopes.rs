@@ -71,6 +71,9 @@ async fn a_repository_secret_stays_with_its_repository() {
         groups: Vec::new(),
         network: envbuild_builder::engine::Network::None,
         start_wait: std::time::Duration::from_secs(1),
+        engine: envbuild::boot::EngineChoice::Docker,
+        publish: Vec::new(),
+        ready_wait: None,
     };
     envbuild::boot::boot(&b.session(&booted, &CancellationToken::new()), &options).await.unwrap();
     assert!(!everything_sent(&booted).contains(VALUE), "B's environment was given A's secret");

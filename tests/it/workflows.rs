@@ -336,6 +336,9 @@ async fn boot_runs_install_then_start_then_the_terminals() {
         groups: Vec::new(),
         network: Network::None,
         start_wait: Duration::from_secs(5),
+        engine: envbuild::boot::EngineChoice::Docker,
+        publish: Vec::new(),
+        ready_wait: None,
     };
     let report = envbuild::boot::boot(&world.session(&engine, &cancel), &options).await.unwrap();
     assert_eq!(report.terminals, ["hello"]);
