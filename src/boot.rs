@@ -493,10 +493,10 @@ impl Environment<'_> {
         if let Some(repo) = &options.repo {
             let repo = std::fs::canonicalize(repo)
                 .map_err(Error::io(format!("cannot open `{}`", repo.display())))?;
-            let tree = tokio::task::spawn_blocking(move || inputs::tracked(&repo))
+            let tree = tokio::task::spawn_blocking(move || inputs::workspace_files(&repo))
                 .await
                 .map_err(|e| Error::Failed(format!("reading the repository stopped: {e}")))??;
-            let _ = write!(detail, "; {} repository files at /workspace", tree.entries.len());
+            let _ = write!(detail, "; {} repository files (with .git) at /workspace", tree.entries.len());
             files = Some(tree.tar_stream("workspace/".to_owned(), (user.uid, user.gid)));
         }
         let config = serde_json::to_vec_pretty(&spec.normalized())

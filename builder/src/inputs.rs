@@ -280,6 +280,13 @@ fn blob_id(path: &Path, format: &str) -> Result<String> {
 
 /// Every file and symlink under `root` except `.git`.
 fn walk_all(root: &Path) -> Result<Vec<FileEntry>> {
+    walk(root, "", true)
+}
+
+/// Every file under `root`, named under `prefix` (`""` or `dir/`), hashed when `hashed` (key
+/// inputs are; what is only copied is not); a top-level `.git` is left out when walking a
+/// repository's files.
+fn walk(root: &Path, prefix: &str, hashed: bool) -> Result<Vec<FileEntry>> {
     let mut out = Vec::new();
     let mut stack = vec![String::new()];
     while let Some(rel) = stack.pop() {
@@ -289,11 +296,16 @@ fn walk_all(root: &Path) -> Result<Vec<FileEntry>> {
         {
             let item = item.map_err(BuildError::io(format!("cannot list `{}`", dir.display())))?;
             let name = item.file_name().to_string_lossy().into_owned();
-            if rel.is_empty() && name == ".git" {
+            if rel.is_empty() && prefix.is_empty() && name == ".git" {
                 continue;
             }
             let path = if rel.is_empty() { name } else { format!("{rel}/{name}") };
-            match tree::entry_for(path.clone(), item.path())? {
+            let entry = if hashed {
+                tree::entry_for(format!("{prefix}{path}"), item.path())?
+            } else {
+                tree::entry_unhashed(format!("{prefix}{path}"), item.path())?
+            };
+            match entry {
                 Some(FileEntry { kind: Kind::Directory, .. }) => stack.push(path),
                 Some(entry) => out.push(entry),
                 None => {}
@@ -301,6 +313,21 @@ fn walk_all(root: &Path) -> Result<Vec<FileEntry>> {
         }
     }
     Ok(out)
+}
+
+/// The repository as a booted environment's `/workspace` gets it: the tracked files and its
+/// `.git`, so git works there (status, diff, commits of the agent). `.git` is copied, not
+/// hashed: it is no input of any key.
+pub fn workspace_files(repo: &Path) -> Result<FileSet> {
+    let mut entries = tracked(repo)?.entries;
+    let git = repo.join(".git");
+    if git.is_dir() {
+        entries.extend(walk(&git, ".git/", false)?);
+    } else if let Some(entry) = tree::entry_unhashed(".git".to_owned(), git)? {
+        // A worktree's `.git` file (it names a directory of the host).
+        entries.push(entry);
+    }
+    Ok(FileSet::new(entries))
 }
 
 #[cfg(test)]

@@ -215,6 +215,15 @@ pub fn hash_file(path: &Path) -> Result<String> {
 /// The entry for `path` (on disk at `source`): files are hashed, symlinks keep their target,
 /// anything else (sockets, devices) is `None`.
 pub fn entry_for(path: String, source: PathBuf) -> Result<Option<FileEntry>> {
+    let Some(mut entry) = entry_unhashed(path, source)? else { return Ok(None) };
+    if matches!(entry.kind, Kind::File { .. }) {
+        entry.hash = hash_file(&entry.source)?;
+    }
+    Ok(Some(entry))
+}
+
+/// [`entry_for`] without the content hash: for files only copied, never fingerprinted.
+pub fn entry_unhashed(path: String, source: PathBuf) -> Result<Option<FileEntry>> {
     let meta = std::fs::symlink_metadata(&source)
         .map_err(BuildError::io(format!("cannot stat `{}`", source.display())))?;
     let file_type = meta.file_type();
@@ -230,8 +239,7 @@ pub fn entry_for(path: String, source: PathBuf) -> Result<Option<FileEntry>> {
     } else {
         return Ok(None);
     };
-    let hash = if matches!(kind, Kind::File { .. }) { hash_file(&source)? } else { String::new() };
-    Ok(Some(FileEntry { path, kind, hash, source, inline: None }))
+    Ok(Some(FileEntry { path, kind, hash: String::new(), source, inline: None }))
 }
 
 /// A file made in memory, such as a Dockerfile given inline.

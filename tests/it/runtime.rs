@@ -221,6 +221,9 @@ async fn exec_and_shell_work_and_secrets_stay_out_of_the_runtime_metadata() {
     let said = String::from_utf8_lossy(&out.stdout);
     assert_eq!(said, "1000\n/workspace\ninstalled\ntoken=***\nfrom stdin\n");
     // shell, fed commands on stdin (no terminal here).
+    // /workspace is the repository with its .git.
+    let head = host.eb().args(["exec", "work", "--", "cat", ".git/HEAD"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&head.stdout).starts_with("ref: refs/heads/"), "{}", text(&head));
     let shell = host.eb().args(["shell", "work"]).write_stdin("echo in $0 at $(pwd)\n").output().unwrap();
     assert!(shell.status.success(), "{}", text(&shell));
     assert!(String::from_utf8_lossy(&shell.stdout).contains("at /workspace"), "{}", text(&shell));
