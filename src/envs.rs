@@ -376,6 +376,8 @@ pub struct Resources {
     pub pasta: Vec<u32>,
     /// runc containers.
     pub containers: Vec<String>,
+    /// The Docker engine's images of snapshots (`--engine docker` boots), when it answers.
+    pub docker_images: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -384,8 +386,8 @@ pub struct EnvironmentDir {
     pub state: &'static str,
 }
 
-/// What the runc runtime has made on this host.
-pub async fn resources() -> Result<Resources> {
+/// What the runc runtime (and the Docker engine, for its boots) has made on this host.
+pub async fn resources(session: &Session) -> Result<Resources> {
     let layout = runtime::Layout::from_env();
     let runc = Runc::new(layout.clone());
     let root = layout.root().to_path_buf();
@@ -413,7 +415,14 @@ pub async fn resources() -> Result<Resources> {
         .filter(|p| p.starts_with(&root))
         .collect();
     let containers = runc.containers("").await?.into_iter().map(|c| c.id).collect();
+    let mut docker_images = Vec::new();
+    if let Ok(engine) = session.engine.get().await
+        && let Ok(images) = engine.labelled_images(pipeline::SNAPSHOT_LABEL).await
+    {
+        docker_images = images.into_iter().map(|(image, _)| image).collect();
+    }
     Ok(Resources {
+        docker_images,
         environments,
         trees: Trees::new(layout).list(),
         mounts,

@@ -20,6 +20,11 @@
 //! `security.capability`), and times. Directories are created private (0700) and get their
 //! own mode, owner and times last, deepest first, so a read-only directory can still be filled
 //! and its mtime is not disturbed by its children.
+//!
+//! [`extract_sharing`] also keeps regular files in a content-addressed store of files on the
+//! same file system (the boot runtime's): a file whose bytes and metadata an object already
+//! has is a hard link to it, never written; any other becomes an object after it is written.
+//! An object's name is its sha256 with the mode, owner and time hard links share.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -68,6 +73,10 @@ pub struct ExtractReport {
     pub devices: u64,
     pub fifos: u64,
     pub bytes: u64,
+    /// [`extract_sharing`]: files linked to an object that was there already, and the bytes
+    /// of files that became new objects.
+    pub shared_files: u64,
+    pub new_object_bytes: u64,
     /// Things that could not be restored exactly (not an error: device nodes as non-root,
     /// extended attributes the file system refuses).
     pub warnings: Vec<String>,
@@ -120,10 +129,61 @@ struct Extractor<'o> {
     options: &'o ExtractOptions,
     report: ExtractReport,
     buf: Vec<u8>,
+    objects: Option<Objects>,
+}
+
+/// Files larger than this are not shared: held whole in memory to be hashed before writing.
+const MAX_SHARED_FILE: u64 = 64 << 20;
+
+/// The content-addressed store of files [`extract_sharing`] links from.
+struct Objects {
+    dir: std::path::PathBuf,
+    /// Fan-out directories known to exist.
+    made: std::collections::HashSet<String>,
+}
+
+impl Objects {
+    /// The object holding `data` with `entry`'s metadata: what a hard link shares.
+    fn path(&self, data: &[u8], entry: &Entry) -> (std::path::PathBuf, String) {
+        let hex = crate::digest::Digest::of(data).hex();
+        let fan = hex[..2].to_owned();
+        let name = format!(
+            "{hex}.{:o}.{}.{}.{}.{}",
+            entry.mode & 0o7777,
+            entry.uid,
+            entry.gid,
+            entry.mtime,
+            entry.mtime_nsec
+        );
+        (self.dir.join(&fan).join(name), fan)
+    }
 }
 
 /// Extracts `input` into `root`, an existing, empty, private directory.
 pub fn extract(input: &mut dyn Read, root: &Path, options: &ExtractOptions) -> Result<ExtractReport> {
+    run(input, root, options, None)
+}
+
+/// [`extract`], sharing regular files with the object store `objects` (see the module docs);
+/// owners must be restored (`same_owner`), since they are part of what is shared.
+pub fn extract_sharing(
+    input: &mut dyn Read,
+    root: &Path,
+    options: &ExtractOptions,
+    objects: &Path,
+) -> Result<ExtractReport> {
+    let objects = options
+        .same_owner
+        .then(|| Objects { dir: objects.to_path_buf(), made: std::collections::HashSet::new() });
+    run(input, root, options, objects)
+}
+
+fn run(
+    input: &mut dyn Read,
+    root: &Path,
+    options: &ExtractOptions,
+    objects: Option<Objects>,
+) -> Result<ExtractReport> {
     let root_fd = rustix::fs::open(
         root,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
@@ -139,6 +199,7 @@ pub fn extract(input: &mut dyn Read, root: &Path, options: &ExtractOptions) -> R
         options,
         report: ExtractReport::default(),
         buf: vec![0; 256 * 1024],
+        objects,
     };
     let mut tar = TarReader::new(input);
     while let Some(entry) = tar.next_entry()? {
@@ -228,6 +289,12 @@ impl Extractor<'_> {
                 }
                 self.dirs.insert(components.clone(), DirMeta::of(entry));
                 self.report.directories += 1;
+            }
+            EntryKind::File
+                if self.objects.is_some() && entry.xattrs.is_empty() && entry.size <= MAX_SHARED_FILE =>
+            {
+                replace(&parent, name, &entry.path)?;
+                self.shared_file(&parent, name, entry, tar)?;
             }
             EntryKind::File => {
                 replace(&parent, name, &entry.path)?;
@@ -355,6 +422,61 @@ impl Extractor<'_> {
     }
 
     /// Owner, mode, extended attributes and times, through an open descriptor.
+    /// A regular file linked to its object, or written and made one.
+    fn shared_file(
+        &mut self,
+        parent: &OwnedFd,
+        name: &[u8],
+        entry: &Entry,
+        tar: &mut TarReader<&mut dyn Read>,
+    ) -> Result<()> {
+        let mut data = Vec::with_capacity(usize::try_from(entry.size).unwrap_or(0));
+        loop {
+            let n = tar.read_data(&mut self.buf)?;
+            if n == 0 {
+                break;
+            }
+            data.extend_from_slice(&self.buf[..n]);
+        }
+        self.report.files += 1;
+        self.report.bytes += data.len() as u64;
+        let Some(objects) = &self.objects else { return Ok(()) };
+        let (object, fan) = objects.path(&data, entry);
+        match rustix::fs::linkat(rustix::fs::CWD, &object, parent, name, AtFlags::empty()) {
+            Ok(()) => {
+                self.report.shared_files += 1;
+                return Ok(());
+            }
+            Err(Errno::NOENT) => {}
+            Err(e) => return Err(os_error(&entry.path, "link from the file store", e)),
+        }
+        let fd = rustix::fs::openat(
+            parent,
+            name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| os_error(&entry.path, "create", e))?;
+        let mut file = std::fs::File::from(fd);
+        file.write_all(&data).map_err(Error::io(format!("cannot write `{}`", shown(&entry.path))))?;
+        self.apply_fd(file.as_fd(), entry)?;
+        drop(file);
+        if let Some(objects) = &mut self.objects
+            && !objects.made.contains(&fan)
+        {
+            let dir = objects.dir.join(&fan);
+            std::fs::create_dir_all(&dir).map_err(Error::io(format!("cannot create `{}`", dir.display())))?;
+            objects.made.insert(fan);
+        }
+        match rustix::fs::linkat(parent, name, rustix::fs::CWD, &object, AtFlags::empty()) {
+            // Another extraction made the same object meanwhile: this copy stays its own.
+            Ok(()) | Err(Errno::EXIST) => {}
+            Err(e) => return Err(os_error(&entry.path, "add to the file store", e)),
+        }
+        self.report.new_object_bytes += data.len() as u64;
+        Ok(())
+    }
+
     fn apply_fd(&mut self, fd: std::os::fd::BorrowedFd<'_>, entry: &Entry) -> Result<()> {
         if self.options.same_owner {
             let (uid, gid) = ids(entry.uid, entry.gid, &entry.path)?;
@@ -513,5 +635,43 @@ mod tests {
         assert!(safe_components(b"a/../../x", "the path").is_err());
         assert_eq!(safe_components(b"./a//b/", "the path").unwrap(), vec![b"a".to_vec(), b"b".to_vec()]);
         assert!(safe_components(b"./", "the path").unwrap().is_empty());
+    }
+
+    #[test]
+    fn sharing_links_equal_files_and_only_those() {
+        use std::os::unix::fs::MetadataExt;
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipping: sharing restores owners, which needs root");
+            return;
+        }
+        use crate::testing::{RawEntry, write_tar};
+        let first = write_tar(&[
+            RawEntry::dir("etc/"),
+            RawEntry::file("etc/a", b"same bytes"),
+            RawEntry::file("etc/b", b"first only"),
+        ]);
+        let second = write_tar(&[
+            RawEntry::dir("etc/"),
+            RawEntry::file("etc/a", b"same bytes"),
+            RawEntry::file("etc/b", b"second only"),
+            RawEntry::file("etc/c", b"same bytes"),
+        ]);
+        let work = tempfile::tempdir().unwrap();
+        let objects = work.path().join("objects");
+        let options = ExtractOptions::default();
+        let mut reports = Vec::new();
+        for (name, tar) in [("one", &first), ("two", &second)] {
+            let root = work.path().join(name);
+            std::fs::create_dir(&root).unwrap();
+            reports.push(extract_sharing(&mut tar.as_slice(), &root, &options, &objects).unwrap());
+        }
+        let inode = |p: &str| std::fs::metadata(work.path().join(p)).unwrap().ino();
+        // Equal bytes and metadata: one inode, in both trees and at both paths of the second.
+        assert_eq!(inode("one/etc/a"), inode("two/etc/a"));
+        assert_eq!(inode("two/etc/a"), inode("two/etc/c"));
+        assert_ne!(inode("one/etc/b"), inode("two/etc/b"));
+        assert_eq!(std::fs::read(work.path().join("two/etc/b")).unwrap(), b"second only");
+        assert_eq!((reports[0].shared_files, reports[1].shared_files), (0, 2));
+        assert_eq!(reports[1].new_object_bytes, b"second only".len() as u64);
     }
 }

@@ -445,22 +445,23 @@ pub async fn fetch_to_dir(
     concurrency: usize,
     progress: Arc<Progress>,
 ) -> Result<ExtractReport> {
-    fetch_to_dir_then(store, manifest, target, options, concurrency, progress, |_| Ok(()))
-        .await
-        .map(|(r, ())| r)
+    fetch_to_dir_with(store, manifest, target, options, concurrency, progress, move |reader, root| {
+        extract::extract(reader, root, &options)
+    })
+    .await
 }
 
-/// [`fetch_to_dir`], with `finish` run on the complete tree (on a blocking thread) before it
-/// is moved into place: whatever `finish` does is in place as atomically as the tree.
-pub async fn fetch_to_dir_then<T: Send + 'static>(
+/// [`fetch_to_dir`] with the extraction `extract` (the stream, the staging root) instead of
+/// [`extract::extract`]: the tree is moved into place only once it returns.
+pub async fn fetch_to_dir_with(
     store: Arc<dyn Store>,
     manifest: &Manifest,
     target: &Path,
     options: ExtractOptions,
     concurrency: usize,
     progress: Arc<Progress>,
-    finish: impl FnOnce(&Path) -> Result<T> + Send + 'static,
-) -> Result<(ExtractReport, T)> {
+    extract: impl FnOnce(&mut dyn Read, &Path) -> Result<ExtractReport> + Send + 'static,
+) -> Result<ExtractReport> {
     let resolved =
         staging::resolve(target).map_err(Error::io(format!("cannot restore into `{}`", target.display())))?;
     let occupied = std::fs::symlink_metadata(&resolved).is_ok_and(|meta| {
@@ -479,16 +480,10 @@ pub async fn fetch_to_dir_then<T: Send + 'static>(
     let staging = staging::Staged::dir_beside(&resolved)
         .map_err(Error::io(format!("cannot create a staging directory beside `{}`", target.display())))?;
     let root = staging.path().to_path_buf();
-    let report =
-        pump(store, manifest, concurrency, progress, move |reader| extract::extract(reader, &root, &options))
-            .await?;
-    let root = staging.path().to_path_buf();
-    let finished = tokio::task::spawn_blocking(move || finish(&root))
-        .await
-        .map_err(|e| Error::Internal(format!("finishing the restored tree stopped: {e}")))??;
+    let report = pump(store, manifest, concurrency, progress, move |reader| extract(reader, &root)).await?;
     put_in_place(staging, &resolved)
         .map_err(Error::io(format!("cannot move the restored tree into `{}`", target.display())))?;
-    Ok((report, finished))
+    Ok(report)
 }
 
 /// Renames `staged` to `target`, replacing whatever is there: an empty directory atomically;

@@ -2,12 +2,13 @@
 //! hardlinks into a content-addressed file store, as ostree and Nix keep theirs.
 //!
 //! A tree is restored from the verified chunk stream into a staging directory (journalled,
-//! so `gc` removes what a crash left), then every regular file is hashed and either linked
-//! to the object that already holds the same bytes with the same mode, owner and time, or
-//! becomes that object; only then is the tree renamed into place, so a tree that exists is
-//! complete. An object is `objects/XX/<sha256>.<mode>.<uid>.<gid>.<mtime>`: hardlinks share
-//! metadata, so metadata is part of the name. Files with extended attributes, and files the
-//! snapshot itself hardlinks, keep their own inodes.
+//! so `gc` removes what a crash left); as it is extracted each regular file is hashed and
+//! either linked to the object that already holds the same bytes with the same mode, owner
+//! and time (and never written), or written and made that object
+//! (`envbuild_cache::extract::extract_sharing`); only then is the tree renamed into place, so
+//! a tree that exists is complete. An object is `objects/XX/<sha256>.<mode>.<uid>.<gid>.<mtime>`:
+//! hard links share metadata, so metadata is part of the name. Files with extended attributes
+//! keep their own inodes.
 //!
 //! So a sibling snapshot (the next build of a repository) writes only its new files, and
 //! every environment of a snapshot, as an overlay on its tree, shares its disk blocks and page
@@ -20,14 +21,12 @@
 //! with them. A lock per snapshot keeps two boots from materializing one tree twice.
 
 use std::collections::HashSet;
-use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use envbuild_cache::digest::Hasher;
-use envbuild_cache::extract::ExtractOptions;
+use envbuild_cache::extract::{self, ExtractOptions};
 use envbuild_cache::ingest::Progress;
 use envbuild_cache::manifest::Manifest;
 use envbuild_cache::{Digest, SnapshotId, Store, restore};
@@ -107,27 +106,23 @@ impl Trees {
         } else {
             let objects = self.layout.objects();
             let options = ExtractOptions { same_owner: true, devices: true, replace: false };
-            let (report, shared) = restore::fetch_to_dir_then(
+            let report = restore::fetch_to_dir_with(
                 store,
                 manifest,
                 &path,
                 options,
                 jobs,
                 Arc::new(Progress::default()),
-                move |root| {
-                    share_files(root, &objects).map_err(|e| envbuild_cache::Error::Io {
-                        context: format!(
-                            "cannot share the files of `{}` with the file store",
-                            root.display()
-                        ),
-                        source: e,
-                    })
-                },
+                move |reader, root| extract::extract_sharing(reader, root, &options, &objects),
             )
             .await?;
-            let (files, shared_files, new_bytes) = shared;
             let _ = std::fs::write(self.used(&hex), report.bytes.to_string());
-            Materialized { reused: false, files, shared_files, new_bytes }
+            Materialized {
+                reused: false,
+                files: report.files,
+                shared_files: report.shared_files,
+                new_bytes: report.new_object_bytes,
+            }
         };
         self.touch(id);
         drop(lock);
@@ -242,88 +237,4 @@ fn sweep_objects(objects: &Path) -> u64 {
         }
     }
     freed
-}
-
-/// Links each regular file of `root` to its object, or makes it one (see the module docs):
-/// (files, files shared, new bytes). Two threads: hashing is most of it.
-fn share_files(root: &Path, objects: &Path) -> std::io::Result<(u64, u64, u64)> {
-    let mut files = Vec::new();
-    let mut dirs = vec![root.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir)? {
-            let entry = entry?;
-            let meta = entry.path().symlink_metadata()?;
-            if meta.is_dir() {
-                dirs.push(entry.path());
-            } else if meta.is_file() && meta.nlink() == 1 && !has_xattrs(&entry.path()) {
-                files.push((entry.path(), meta));
-            }
-        }
-    }
-    let count = files.len() as u64;
-    let half = files.len().div_ceil(2).max(1);
-    let results: Vec<std::io::Result<(u64, u64)>> = std::thread::scope(|scope| {
-        let handles: Vec<_> =
-            files.chunks(half).map(|part| scope.spawn(move || share_part(part, objects))).collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(std::io::Error::other("a hashing thread panicked"))))
-            .collect()
-    });
-    let (mut shared, mut new_bytes) = (0, 0);
-    for result in results {
-        let (s, n) = result?;
-        shared += s;
-        new_bytes += n;
-    }
-    Ok((count, shared, new_bytes))
-}
-
-fn share_part(files: &[(PathBuf, std::fs::Metadata)], objects: &Path) -> std::io::Result<(u64, u64)> {
-    let (mut shared, mut new_bytes) = (0u64, 0u64);
-    let mut buf = vec![0u8; 1 << 20];
-    for (path, meta) in files {
-        let mut hasher = Hasher::new();
-        let mut file = std::fs::File::open(path)?;
-        loop {
-            let n = file.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
-        let hex = hasher.finish().hex();
-        let dir = objects.join(&hex[..2]);
-        let object = dir.join(format!(
-            "{hex}.{:o}.{}.{}.{}",
-            meta.mode() & 0o7777,
-            meta.uid(),
-            meta.gid(),
-            meta.mtime()
-        ));
-        match std::fs::symlink_metadata(&object) {
-            Ok(found) if found.is_file() => {
-                let temporary = path.with_file_name(format!(".envbuild-share-{}", std::process::id()));
-                let _ = std::fs::remove_file(&temporary);
-                std::fs::hard_link(&object, &temporary)?;
-                std::fs::rename(&temporary, path)?;
-                shared += 1;
-            }
-            _ => {
-                std::fs::create_dir_all(&dir)?;
-                match std::fs::hard_link(path, &object) {
-                    Ok(()) => new_bytes += meta.len(),
-                    // Another materialization made it meanwhile: this copy stays its own.
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-    }
-    Ok((shared, new_bytes))
-}
-
-fn has_xattrs(path: &Path) -> bool {
-    let mut buf = [0u8; 256];
-    rustix::fs::llistxattr(path, &mut buf).is_ok_and(|n| n > 0)
 }

@@ -10,7 +10,7 @@ use crate::cli::{self, ExecArgs, GlobalArgs, LogsArgs, PsArgs, ShellArgs, StopAr
 pub async fn ps(global: &GlobalArgs, args: &PsArgs, cancel: &CancellationToken) -> anyhow::Result<ExitCode> {
     let session = cli::session(global, cancel).await?;
     let list = envs::list(&session).await?;
-    let resources = if args.all { Some(envs::resources().await?) } else { None };
+    let resources = if args.all { Some(envs::resources(&session).await?) } else { None };
     if args.json {
         match resources {
             Some(resources) => {
@@ -66,6 +66,9 @@ pub async fn ps(global: &GlobalArgs, args: &PsArgs, cancel: &CancellationToken) 
         }
         for c in &r.containers {
             output::line(format!("container    {c}"))?;
+        }
+        for image in &r.docker_images {
+            output::line(format!("docker image {image}"))?;
         }
     }
     Ok(ExitCode::SUCCESS)
