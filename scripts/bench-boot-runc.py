@@ -160,7 +160,9 @@ for repo in REPOS:
 table(rows)
 print("\ntrees made by the last run: " + "; ".join(f"{k}: {v}" for k, v in trees.items()))
 
-# Density: 20 environments of the Node snapshot on this host.
+# Density: 20 environments of the Node snapshot on this host, with no other tree beside it.
+for repo, which in (("rdebian", "a"), ("rdebian", "b"), ("rnode", "b")):
+    drop_tree(snapshot(repo, which))
 a = snapshot("rnode", "a")
 boots = []
 for i in range(20):

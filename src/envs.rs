@@ -238,6 +238,17 @@ pub async fn stop(session: &Session, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Removes the runc environment `name` and everything made for it, if there is one: no store
+/// or engine is needed for that. Whether there was.
+pub async fn remove_runc(name: &str) -> Result<bool> {
+    let Some(runc) = runc() else { return Ok(false) };
+    if runc.record(name).is_none() {
+        return Ok(false);
+    }
+    runc.remove_container(name).await?;
+    Ok(true)
+}
+
 /// Removes an environment and everything made for it.
 pub async fn remove(session: &Session, name: &str) -> Result<()> {
     let found = find(session, name).await?;

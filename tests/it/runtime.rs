@@ -146,6 +146,21 @@ async fn two_environments_of_one_app_serve_their_port_side_by_side() {
         assert!(http_get(host_port(report), "/host.txt").contains(name));
         assert!(report["ready_seconds"].as_f64().unwrap() >= report["terminals_seconds"].as_f64().unwrap());
     }
+    // Outbound: the environment reaches a server of the host (pasta maps the namespace's
+    // gateway to the host's loopback; a registry outside goes out the same way). Busybox's nc
+    // waits for more after the server closes: `timeout` ends it.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        if let Ok((mut conn, _)) = listener.accept() {
+            let _ = std::io::Write::write_all(&mut conn, b"reached the host\n");
+        }
+    });
+    let script = format!(
+        "gw=$(ip route | sed -n 's/^default via \\([^ ]*\\).*/\\1/p'); timeout 5 nc $gw {port} </dev/null"
+    );
+    let outbound = host.eb().args(["exec", "side-a", "--", "sh", "-c", &script]).output().unwrap();
+    assert!(String::from_utf8_lossy(&outbound.stdout).contains("reached the host"), "{}", text(&outbound));
     let steps: Vec<&str> =
         a["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap()).collect();
     assert_eq!(steps, ["tree", "container", "install", "start", "terminals", "ready"]);

@@ -10,11 +10,26 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::{self, GlobalArgs, PruneArgs, RmArgs, output, ui};
 
 pub async fn rm(global: &GlobalArgs, args: &RmArgs, cancel: &CancellationToken) -> anyhow::Result<ExitCode> {
-    let session = cli::reading_session(global, cancel).await?;
-    // Environment names first; the rest name snapshots.
-    let mut snapshots = Vec::new();
+    // Environment names first (a runc environment needs no store); the rest name snapshots.
+    let mut names = Vec::new();
     let mut environments = Vec::new();
     for name in &args.snapshots {
+        if envs::remove_runc(name).await? {
+            ui::eprint_line(format!("removed environment `{name}`"));
+            environments.push(name.clone());
+        } else {
+            names.push(name.clone());
+        }
+    }
+    if names.is_empty() {
+        if args.json {
+            output::json(&serde_json::json!({ "environments": environments }))?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let session = cli::reading_session(global, cancel).await?;
+    let mut snapshots = Vec::new();
+    for name in &names {
         if envs::exists(&session, name).await? {
             envs::remove(&session, name).await?;
             ui::eprint_line(format!("removed environment `{name}`"));
