@@ -138,10 +138,10 @@ async fn terminal_states(found: &Found, terminals: &[String]) -> Vec<String> {
                 })
                 .collect()
         }
-        Found::Docker(engine, info) => boot::terminal_states(engine, &info.id, terminals)
-            .await
-            .map(|states| states.into_iter().map(|(_, s)| s).collect())
-            .unwrap_or_else(|_| vec!["unknown".to_owned(); terminals.len()]),
+        Found::Docker(engine, info) => boot::terminal_states(engine, &info.id, terminals).await.map_or_else(
+            |_| vec!["unknown".to_owned(); terminals.len()],
+            |states| states.into_iter().map(|(_, s)| s).collect(),
+        ),
     }
 }
 
@@ -203,7 +203,7 @@ pub async fn logs(
                 None => inroot::list(&files, boot::LOG_DIR)
                     .map_err(Error::io(format!("cannot read the logs of `{name}`")))?
                     .into_iter()
-                    .filter(|n| n.ends_with(".log"))
+                    .filter(|n| std::path::Path::new(n).extension().is_some_and(|e| e == "log"))
                     .collect(),
             };
             for file in names {
@@ -320,10 +320,10 @@ pub async fn exec(session: &Session, name: &str, cmd: &[String], tty: bool) -> R
             while let Some(item) = output.next().await {
                 match item? {
                     envbuild_builder::engine::Output::Stdout(b) => {
-                        write_out(&mut std::io::stdout(), &redactors.0.push(&b))?
+                        write_out(&mut std::io::stdout(), &redactors.0.push(&b))?;
                     }
                     envbuild_builder::engine::Output::Stderr(b) => {
-                        write_out(&mut std::io::stderr(), &redactors.1.push(&b))?
+                        write_out(&mut std::io::stderr(), &redactors.1.push(&b))?;
                     }
                 }
             }

@@ -118,7 +118,7 @@ struct DeferredLink {
     shown: String,
 }
 
-struct Extractor<'o> {
+struct Extractor {
     root: OwnedFd,
     /// Open directories along the current path: (component, descriptor).
     stack: Vec<(Vec<u8>, OwnedFd)>,
@@ -126,7 +126,7 @@ struct Extractor<'o> {
     root_meta: Option<DirMeta>,
     /// Hard links whose target comes later in the stream.
     deferred_links: Vec<DeferredLink>,
-    options: &'o ExtractOptions,
+    options: ExtractOptions,
     report: ExtractReport,
     buf: Vec<u8>,
     objects: Option<Objects>,
@@ -161,7 +161,7 @@ impl Objects {
 
 /// Extracts `input` into `root`, an existing, empty, private directory.
 pub fn extract(input: &mut dyn Read, root: &Path, options: &ExtractOptions) -> Result<ExtractReport> {
-    run(input, root, options, None)
+    run(input, root, *options, None)
 }
 
 /// [`extract`], sharing regular files with the object store `objects` (see the module docs);
@@ -175,13 +175,13 @@ pub fn extract_sharing(
     let objects = options
         .same_owner
         .then(|| Objects { dir: objects.to_path_buf(), made: std::collections::HashSet::new() });
-    run(input, root, options, objects)
+    run(input, root, *options, objects)
 }
 
 fn run(
     input: &mut dyn Read,
     root: &Path,
-    options: &ExtractOptions,
+    options: ExtractOptions,
     objects: Option<Objects>,
 ) -> Result<ExtractReport> {
     let root_fd = rustix::fs::open(
@@ -259,7 +259,7 @@ fn mode(bits: u32) -> Mode {
     Mode::from_raw_mode(bits & 0o7777)
 }
 
-impl Extractor<'_> {
+impl Extractor {
     fn entry(&mut self, entry: &Entry, tar: &mut TarReader<&mut dyn Read>) -> Result<()> {
         let components = safe_components(&entry.path, "the path")?;
         let Some((name, parents)) = components.split_last() else {

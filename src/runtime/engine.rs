@@ -61,7 +61,7 @@ pub struct EnvRecord {
 #[derive(Debug)]
 pub struct Runc {
     layout: Layout,
-    runc: PathBuf,
+    program: PathBuf,
     /// Exit codes of execs by id, once known.
     execs: Arc<Mutex<HashMap<String, Option<i64>>>>,
 }
@@ -87,8 +87,8 @@ fn io_failed(operation: &str, path: &Path) -> impl FnOnce(std::io::Error) -> Eng
 
 impl Runc {
     pub fn new(layout: Layout) -> Self {
-        let runc = super::which("runc").unwrap_or_else(|| PathBuf::from("runc"));
-        Self { layout, runc, execs: Arc::default() }
+        let program = super::which("runc").unwrap_or_else(|| PathBuf::from("runc"));
+        Self { layout, program, execs: Arc::default() }
     }
 
     pub fn layout(&self) -> &Layout {
@@ -96,7 +96,7 @@ impl Runc {
     }
 
     fn command(&self) -> tokio::process::Command {
-        let mut command = tokio::process::Command::new(&self.runc);
+        let mut command = tokio::process::Command::new(&self.program);
         command.arg("--root").arg(self.layout.runc_root());
         command
     }

@@ -113,14 +113,17 @@ pub fn listening_ports(pid: u32) -> Vec<u16> {
 /// through the host's sockets, less loopback servers, which would be the namespace's own.
 pub fn resolv_conf() -> String {
     let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    host.lines()
-        .filter(|line| {
-            let mut words = line.split_whitespace();
-            !(words.next() == Some("nameserver")
-                && words.next().is_some_and(|addr| addr.starts_with("127.") || addr == "::1"))
-        })
-        .map(|l| format!("{l}\n"))
-        .collect()
+    let mut out = String::new();
+    for line in host.lines() {
+        let mut words = line.split_whitespace();
+        let loopback = words.next() == Some("nameserver")
+            && words.next().is_some_and(|addr| addr.starts_with("127.") || addr == "::1");
+        if !loopback {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// Runs a tool to its end; its standard error is the message of a failure.

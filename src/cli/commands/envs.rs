@@ -12,11 +12,10 @@ pub async fn ps(global: &GlobalArgs, args: &PsArgs, cancel: &CancellationToken) 
     let list = envs::list(&session).await?;
     let resources = if args.all { Some(envs::resources(&session).await?) } else { None };
     if args.json {
-        match resources {
-            Some(resources) => {
-                output::json(&serde_json::json!({ "environments": list, "runtime": resources }))?
-            }
-            None => output::json(&list)?,
+        if let Some(resources) = resources {
+            output::json(&serde_json::json!({ "environments": list, "runtime": resources }))?;
+        } else {
+            output::json(&list)?;
         }
         return Ok(ExitCode::SUCCESS);
     }
