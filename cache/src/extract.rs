@@ -639,12 +639,12 @@ mod tests {
 
     #[test]
     fn sharing_links_equal_files_and_only_those() {
+        use crate::testing::{RawEntry, write_tar};
         use std::os::unix::fs::MetadataExt;
         if !rustix::process::geteuid().is_root() {
             eprintln!("skipping: sharing restores owners, which needs root");
             return;
         }
-        use crate::testing::{RawEntry, write_tar};
         let first = write_tar(&[
             RawEntry::dir("etc/"),
             RawEntry::file("etc/a", b"same bytes"),
