@@ -194,7 +194,7 @@ pub async fn boot(session: &Session, options: &BootOptions) -> Result<BootReport
             "an environment named `{name}` exists already\nhint: remove it first with `envbuild rm {name}`, or choose another --name"
         )));
     }
-    let ports = port_mappings(&spec, &options.publish, &chosen)?;
+    let ports = port_mappings(&spec, &options.publish, &chosen, options.network)?;
     let mut steps = Steps { session, done: Vec::new() };
 
     let t = Instant::now();
@@ -309,13 +309,19 @@ fn describe_ports(ports: &[PortMapping]) -> String {
 }
 
 /// The host port of each port the config declares: the one `publish` asks for, else a free
-/// one (runc), or the same port (Docker, whose environments share the host's network).
+/// one (runc), or the same port (the host's network, which Docker environments are on);
+/// none without a network.
 fn port_mappings(
     spec: &EnvironmentSpec,
     publish: &[PortMapping],
     chosen: &Chosen,
+    network: Network,
 ) -> Result<Vec<PortMapping>> {
     let mut out = Vec::new();
+    // Without a network nothing is published; the ports are still waited for inside.
+    if network == Network::None {
+        return Ok(out);
+    }
     for asked in publish {
         if !spec.ports.iter().any(|p| p.port == asked.container) {
             return Err(Error::Failed(format!(
@@ -328,6 +334,7 @@ fn port_mappings(
     for port in &spec.ports {
         let host = match (publish.iter().find(|p| p.container == port.port), chosen) {
             (_, Chosen::Docker(_)) => port.port,
+            _ if network == Network::Host => port.port,
             (Some(asked), Chosen::Runc(_)) => asked.host,
             (None, Chosen::Runc(_)) => runtime::net::free_port()?,
         };

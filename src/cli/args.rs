@@ -475,8 +475,8 @@ pub struct BootArgs {
     /// Boot the snapshot this cache key (an env key) points at.
     #[arg(long, value_name = "KEY")]
     pub key: Option<String>,
-    /// Copy this repository's tracked files to /workspace and use its environment.json
-    /// (default: the snapshot's own /workspace and config).
+    /// Copy this repository's tracked files and its .git to /workspace and use its
+    /// environment.json (default: the snapshot's own /workspace and config).
     #[arg(long, value_name = "DIR")]
     pub repo: Option<PathBuf>,
     /// The environment's name (default: envbuild-<snapshot id prefix>).
