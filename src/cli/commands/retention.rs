@@ -11,38 +11,30 @@ use crate::cli::{self, GlobalArgs, PruneArgs, RmArgs, output, ui};
 
 pub async fn rm(global: &GlobalArgs, args: &RmArgs, cancel: &CancellationToken) -> anyhow::Result<ExitCode> {
     // Environment names first (a runc environment needs no store); the rest name snapshots.
-    let mut names = Vec::new();
     let mut environments = Vec::new();
+    let mut names = Vec::new();
     for name in &args.snapshots {
         if envs::remove_runc(name).await? {
-            ui::eprint_line(format!("removed environment `{name}`"));
-            environments.push(name.clone());
+            removed_environment(name, &mut environments);
         } else {
             names.push(name.clone());
         }
     }
     if names.is_empty() {
-        if args.json {
-            output::json(&serde_json::json!({ "environments": environments }))?;
-        }
-        return Ok(ExitCode::SUCCESS);
+        return environments_only(args, &environments);
     }
     let session = cli::reading_session(global, cancel).await?;
     let mut snapshots = Vec::new();
-    for name in &names {
-        if envs::exists(&session, name).await? {
-            envs::remove(&session, name).await?;
-            ui::eprint_line(format!("removed environment `{name}`"));
-            environments.push(name.clone());
+    for name in names {
+        if envs::exists(&session, &name).await? {
+            envs::remove(&session, &name).await?;
+            removed_environment(&name, &mut environments);
         } else {
-            snapshots.push(name.clone());
+            snapshots.push(name);
         }
     }
     if snapshots.is_empty() {
-        if args.json {
-            output::json(&serde_json::json!({ "environments": environments }))?;
-        }
-        return Ok(ExitCode::SUCCESS);
+        return environments_only(args, &environments);
     }
     let report = retention::rm(&session, &snapshots, args.force).await?;
     if args.json {
@@ -68,6 +60,19 @@ pub async fn rm(global: &GlobalArgs, args: &RmArgs, cancel: &CancellationToken) 
             format!(", and from the engine: {}", report.engine.join(", "))
         },
     ));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn removed_environment(name: &str, environments: &mut Vec<String>) {
+    ui::eprint_line(format!("removed environment `{name}`"));
+    environments.push(name.to_owned());
+}
+
+/// The end of an `rm` that named environments only.
+fn environments_only(args: &RmArgs, environments: &[String]) -> anyhow::Result<ExitCode> {
+    if args.json {
+        output::json(&serde_json::json!({ "environments": environments }))?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
