@@ -198,10 +198,13 @@ pub async fn boot(session: &Session, options: &BootOptions) -> Result<BootReport
     let mut steps = Steps { session, done: Vec::new() };
 
     let t = Instant::now();
+    // Held until the environment's record names the tree, so no `rm` or eviction takes it.
+    let mut _tree_lock = None;
     let image = match &chosen {
         Chosen::Runc(runc) => {
             let trees = Trees::new(runc.layout().clone());
-            let made = trees.materialize(store.clone(), &id, &manifest, session.jobs).await?;
+            let (made, lock) = trees.materialize(store.clone(), &id, &manifest, session.jobs).await?;
+            _tree_lock = Some(lock);
             let detail = if made.reused {
                 "already on this host".to_owned()
             } else {

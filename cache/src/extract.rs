@@ -430,14 +430,17 @@ impl Extractor {
         entry: &Entry,
         tar: &mut TarReader<&mut dyn Read>,
     ) -> Result<()> {
-        let mut data = Vec::with_capacity(usize::try_from(entry.size).unwrap_or(0));
-        loop {
-            let n = tar.read_data(&mut self.buf)?;
+        // Read straight into a buffer of the declared size (bounded by MAX_SHARED_FILE).
+        let mut data = vec![0u8; usize::try_from(entry.size).unwrap_or(0)];
+        let mut filled = 0;
+        while filled < data.len() {
+            let n = tar.read_data(&mut data[filled..])?;
             if n == 0 {
                 break;
             }
-            data.extend_from_slice(&self.buf[..n]);
+            filled += n;
         }
+        data.truncate(filled);
         self.report.files += 1;
         self.report.bytes += data.len() as u64;
         let Some(objects) = &self.objects else { return Ok(()) };

@@ -56,6 +56,12 @@ pub struct Materialized {
     pub new_bytes: u64,
 }
 
+/// A boot's hold on a tree (see [`Trees::materialize`]); released when dropped.
+#[derive(Debug)]
+pub struct TreeLock {
+    _held: std::fs::File,
+}
+
 /// A tree, as `ps --all` and `gc` see it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TreeInfo {
@@ -80,14 +86,16 @@ impl Trees {
         self.layout.root().join("used").join(hex)
     }
 
-    /// The tree of `id`, materialized from `store` unless it is here already.
+    /// The tree of `id`, materialized from `store` unless it is here already, and a lock on
+    /// it: while it is held, `rm` and eviction leave the tree alone (hold it until an
+    /// environment's record names the tree).
     pub async fn materialize(
         &self,
         store: Arc<dyn Store>,
         id: &SnapshotId,
         manifest: &Manifest,
         jobs: usize,
-    ) -> Result<Materialized> {
+    ) -> Result<(Materialized, TreeLock)> {
         let trees = self.layout.trees();
         for dir in [trees.clone(), self.layout.objects(), self.layout.root().join("used")] {
             std::fs::create_dir_all(&dir).map_err(Error::io(format!("cannot create `{}`", dir.display())))?;
@@ -125,9 +133,9 @@ impl Trees {
             }
         };
         self.touch(id);
-        drop(lock);
-        let _ = std::fs::remove_file(trees.join(format!(".lock-{hex}")));
-        Ok(outcome)
+        // The lock file stays while the tree does: removing it while another boot waits on it
+        // would let a third lock a new file and materialize beside the second.
+        Ok((outcome, TreeLock { _held: lock }))
     }
 
     /// Notes that `id` was booted now (least recently used trees go first).
@@ -162,13 +170,20 @@ impl Trees {
         out
     }
 
-    /// Removes the tree at `path` (one of [`Trees::list`]), then the objects only it linked.
+    /// Removes the tree at `path` (one of [`Trees::list`]), unless a boot holds its lock.
     pub fn remove(&self, path: &Path) -> Result<()> {
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else { return Ok(()) };
+        let lock_path = self.layout.trees().join(format!(".lock-{name}"));
+        let lock = std::fs::File::create(&lock_path)
+            .map_err(Error::io(format!("cannot create `{}`", lock_path.display())))?;
+        if lock.try_lock().is_err() {
+            return Err(Error::Failed(format!("the tree `{}` is being booted", path.display())));
+        }
         let aside = self.layout.trees().join(format!(".removing-{name}-{}", std::process::id()));
         std::fs::rename(path, &aside)
             .map_err(Error::io(format!("cannot remove the tree `{}`", path.display())))?;
         let _ = std::fs::remove_file(self.used(name));
+        let _ = std::fs::remove_file(self.layout.trees().join(format!(".lock-{name}")));
         std::fs::remove_dir_all(&aside).map_err(Error::io(format!("cannot remove `{}`", aside.display())))?;
         Ok(())
     }
@@ -189,7 +204,10 @@ impl Trees {
             if in_use.contains(&tree.path) {
                 continue;
             }
-            self.remove(&tree.path)?;
+            if let Err(e) = self.remove(&tree.path) {
+                tracing::info!("kept a tree: {e}");
+                continue;
+            }
             total = total.saturating_sub(tree.bytes);
             removed.push(tree);
         }
@@ -237,4 +255,27 @@ fn sweep_objects(objects: &Path) -> u64 {
         }
     }
     freed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tree_a_boot_holds_is_not_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let trees = Trees::new(Layout::at(dir.path()));
+        let id = SnapshotId(Digest::of(b"a snapshot"));
+        let path = trees.path(&id);
+        std::fs::create_dir_all(path.join("etc")).unwrap();
+        let lock = std::fs::File::create(dir.path().join(format!("trees/.lock-{}", id.0.hex()))).unwrap();
+        lock.lock().unwrap();
+        let held = TreeLock { _held: lock };
+        let refused = trees.remove(&path).unwrap_err();
+        assert!(refused.to_string().contains("is being booted"), "{refused}");
+        assert!(path.is_dir());
+        drop(held);
+        trees.remove(&path).unwrap();
+        assert!(!path.exists());
+    }
 }

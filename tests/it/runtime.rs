@@ -100,7 +100,11 @@ impl Host {
 
     fn trees(&self) -> Vec<String> {
         match std::fs::read_dir(self.runtime().join("trees")) {
-            Ok(trees) => trees.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect(),
+            // Trees, not their lock files.
+            Ok(trees) => trees
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|name| !name.starts_with('.'))
+                .collect(),
             Err(_) => Vec::new(),
         }
     }
@@ -297,6 +301,8 @@ async fn stop_keeps_the_logs_until_rm_and_rm_and_gc_leave_nothing() {
     assert_eq!(host.trees(), vec![hex.clone()]);
     assert!(host.eb().args(["rm", &host.id]).output().unwrap().status.success());
     assert!(host.trees().is_empty(), "rm of the snapshot left its tree");
+    let lock = host.runtime().join(format!("trees/.lock-{hex}"));
+    assert!(!lock.exists(), "rm of the snapshot left its tree's lock file");
     let objects = super::walk(&host.runtime().join("objects"));
     assert!(objects.is_empty(), "objects no tree links were left: {objects:?}");
 }
