@@ -338,7 +338,10 @@ fn port_mappings(
         let host = match (publish.iter().find(|p| p.container == port.port), chosen) {
             (_, Chosen::Docker(_)) => port.port,
             _ if network == Network::Host => port.port,
-            (Some(asked), Chosen::Runc(_)) => asked.host,
+            (Some(asked), Chosen::Runc(_)) => {
+                runtime::net::check_free(asked.host)?;
+                asked.host
+            }
             (None, Chosen::Runc(_)) => runtime::net::free_port()?,
         };
         out.push(PortMapping { host, container: port.port });

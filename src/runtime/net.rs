@@ -99,6 +99,27 @@ pub fn free_port() -> Result<u16, EngineError> {
     })
 }
 
+/// Fails when host port `port` is taken: pasta would start without it (its listener fails in
+/// the background), and the environment would seem published where another server answers.
+pub fn check_free(port: u16) -> Result<(), EngineError> {
+    for address in ["0.0.0.0", "::"] {
+        match std::net::TcpListener::bind((address, port)) {
+            Ok(_) => {}
+            // A host without IPv6.
+            Err(e) if address == "::" && e.kind() == std::io::ErrorKind::AddrNotAvailable => {}
+            Err(e) => {
+                return Err(EngineError::Runtime {
+                    operation: format!("publish host port {port}"),
+                    message: format!(
+                        "it is in use ({e})\nhint: choose another with `-p HOST:PORT`, or leave `-p` out for a free one"
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The listening TCP ports in the network namespace of process `pid`.
 pub fn listening_ports(pid: u32) -> Vec<u16> {
     let table = ["tcp", "tcp6"]

@@ -136,6 +136,14 @@ async fn two_environments_of_one_app_serve_their_port_side_by_side() {
     // A host port is 1-65535: a usage error, and nothing is made.
     let refused = host.boot("side-b", &["--publish", "0:8080"]);
     assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    // A host port another server holds: refused before anything is made, never "published"
+    // where the other server answers.
+    let taken = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let publish = format!("{}:8080", taken.local_addr().unwrap().port());
+    let refused = host.boot("side-b", &["--publish", &publish]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(text(&refused).contains("is in use"), "{}", text(&refused));
+    drop(taken);
     let b = json(&host.boot("side-b", &[]));
     assert_eq!(a["engine"], "runc");
     assert_eq!(
