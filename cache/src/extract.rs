@@ -130,6 +130,10 @@ struct Extractor {
     report: ExtractReport,
     buf: Vec<u8>,
     objects: Option<Objects>,
+    /// Regular files read but not yet placed: a run of them is hashed on two threads at once,
+    /// then placed in stream order before any other entry is.
+    pending: Vec<Pending>,
+    pending_bytes: usize,
 }
 
 /// Files larger than this are not shared: held whole in memory to be hashed before writing.
@@ -143,9 +147,9 @@ struct Objects {
 }
 
 impl Objects {
-    /// The object holding `data` with `entry`'s metadata: what a hard link shares.
-    fn path(&self, data: &[u8], entry: &Entry) -> (std::path::PathBuf, String) {
-        let hex = crate::digest::Digest::of(data).hex();
+    /// The object holding bytes of `digest` with `entry`'s metadata: what a hard link shares.
+    fn path(&self, digest: &crate::digest::Digest, entry: &Entry) -> (std::path::PathBuf, String) {
+        let hex = digest.hex();
         let fan = hex[..2].to_owned();
         let name = format!(
             "{hex}.{:o}.{}.{}.{}.{}",
@@ -158,6 +162,16 @@ impl Objects {
         (self.dir.join(&fan).join(name), fan)
     }
 }
+
+/// A file read whole, waiting for its batch to be hashed (see `Extractor::flush`).
+struct Pending {
+    entry: Entry,
+    data: Vec<u8>,
+}
+
+/// A batch is hashed once it holds this many bytes or files.
+const BATCH_BYTES: usize = 16 << 20;
+const BATCH_FILES: usize = 256;
 
 /// Extracts `input` into `root`, an existing, empty, private directory.
 pub fn extract(input: &mut dyn Read, root: &Path, options: &ExtractOptions) -> Result<ExtractReport> {
@@ -200,6 +214,8 @@ fn run(
         report: ExtractReport::default(),
         buf: vec![0; 256 * 1024],
         objects,
+        pending: Vec::new(),
+        pending_bytes: 0,
     };
     let mut tar = TarReader::new(input);
     while let Some(entry) = tar.next_entry()? {
@@ -262,6 +278,15 @@ fn mode(bits: u32) -> Mode {
 impl Extractor {
     fn entry(&mut self, entry: &Entry, tar: &mut TarReader<&mut dyn Read>) -> Result<()> {
         let components = safe_components(&entry.path, "the path")?;
+        if self.objects.is_some()
+            && entry.kind == EntryKind::File
+            && entry.xattrs.is_empty()
+            && entry.size <= MAX_SHARED_FILE
+            && !components.is_empty()
+        {
+            return self.queue(entry, tar);
+        }
+        self.flush()?;
         let Some((name, parents)) = components.split_last() else {
             if entry.kind != EntryKind::Directory {
                 return Err(refuse(&entry.path, "the root of the tree must be a directory"));
@@ -289,12 +314,6 @@ impl Extractor {
                 }
                 self.dirs.insert(components.clone(), DirMeta::of(entry));
                 self.report.directories += 1;
-            }
-            EntryKind::File
-                if self.objects.is_some() && entry.xattrs.is_empty() && entry.size <= MAX_SHARED_FILE =>
-            {
-                replace(&parent, name, &entry.path)?;
-                self.shared_file(&parent, name, entry, tar)?;
             }
             EntryKind::File => {
                 replace(&parent, name, &entry.path)?;
@@ -422,15 +441,10 @@ impl Extractor {
     }
 
     /// Owner, mode, extended attributes and times, through an open descriptor.
-    /// A regular file linked to its object, or written and made one.
-    fn shared_file(
-        &mut self,
-        parent: &OwnedFd,
-        name: &[u8],
-        entry: &Entry,
-        tar: &mut TarReader<&mut dyn Read>,
-    ) -> Result<()> {
-        // Read straight into a buffer of the declared size (bounded by MAX_SHARED_FILE).
+    /// Reads a regular file whole into the pending batch; hashes and places the batch when it
+    /// is full.
+    fn queue(&mut self, entry: &Entry, tar: &mut TarReader<&mut dyn Read>) -> Result<()> {
+        // Straight into a buffer of the declared size (bounded by MAX_SHARED_FILE).
         let mut data = vec![0u8; usize::try_from(entry.size).unwrap_or(0)];
         let mut filled = 0;
         while filled < data.len() {
@@ -441,10 +455,55 @@ impl Extractor {
             filled += n;
         }
         data.truncate(filled);
+        self.pending_bytes += data.len();
+        self.pending.push(Pending { entry: entry.clone(), data });
+        if self.pending_bytes >= BATCH_BYTES || self.pending.len() >= BATCH_FILES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Hashes the pending files (on two threads: hashing is most of the work of sharing), then
+    /// places each in stream order, as if it had been placed when it was read.
+    fn flush(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        self.pending_bytes = 0;
+        let (first, second) = pending.split_at(pending.len().div_ceil(2));
+        let hash =
+            |part: &[Pending]| part.iter().map(|p| crate::digest::Digest::of(&p.data)).collect::<Vec<_>>();
+        let digests = std::thread::scope(|scope| {
+            let other = scope.spawn(|| hash(second));
+            let mut digests = hash(first);
+            // Hashing cannot fail; a panic there is a bug, passed on as one.
+            digests.extend(other.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
+            digests
+        });
+        for (Pending { entry, data }, digest) in pending.iter().zip(&digests) {
+            let components = safe_components(&entry.path, "the path")?;
+            let Some((name, parents)) = components.split_last() else { continue };
+            let parent = self.descend(parents, &entry.path)?;
+            replace(&parent, name, &entry.path)?;
+            self.place_shared(&parent, name, entry, data, digest)?;
+        }
+        Ok(())
+    }
+
+    /// A regular file linked to its object, or written and made one.
+    fn place_shared(
+        &mut self,
+        parent: &OwnedFd,
+        name: &[u8],
+        entry: &Entry,
+        data: &[u8],
+        digest: &crate::digest::Digest,
+    ) -> Result<()> {
         self.report.files += 1;
         self.report.bytes += data.len() as u64;
         let Some(objects) = &self.objects else { return Ok(()) };
-        let (object, fan) = objects.path(&data, entry);
+        let (object, fan) = objects.path(digest, entry);
         match rustix::fs::linkat(rustix::fs::CWD, &object, parent, name, AtFlags::empty()) {
             Ok(()) => {
                 self.report.shared_files += 1;
@@ -461,7 +520,7 @@ impl Extractor {
         )
         .map_err(|e| os_error(&entry.path, "create", e))?;
         let mut file = std::fs::File::from(fd);
-        file.write_all(&data).map_err(Error::io(format!("cannot write `{}`", shown(&entry.path))))?;
+        file.write_all(data).map_err(Error::io(format!("cannot write `{}`", shown(&entry.path))))?;
         self.apply_fd(file.as_fd(), entry)?;
         drop(file);
         if let Some(objects) = &mut self.objects
@@ -539,6 +598,7 @@ impl Extractor {
     }
 
     fn finish(&mut self) -> Result<()> {
+        self.flush()?;
         self.stack.clear();
         for DeferredLink { link, target, shown: shown_path } in std::mem::take(&mut self.deferred_links) {
             let (name, parents) =
