@@ -116,6 +116,22 @@ def table(rows):
 
 
 results, trees = {}, {}
+
+
+def timed(repo, run, situation, snapshot_id, drop):
+    """Boots `snapshot_id` with the trees in `drop` taken off the host first, records the
+    times under (repo, situation), removes the environment; returns the tree step's detail."""
+    for tree in drop:
+        drop_tree(tree)
+    if drop:
+        settle()
+    name = f"{situation.replace(' ', '-')}-{run}"
+    terminals, ready, wall, report = boot(snapshot_id, name)
+    results.setdefault((repo, situation), []).append((terminals, ready, wall))
+    rm(name)
+    return report["steps"][0]["detail"]
+
+
 for repo in REPOS:
     a, b = snapshot(repo, "a"), snapshot(repo, "b")
     image = f"envbuild-bench/{repo}:a"
@@ -130,24 +146,9 @@ for repo in REPOS:
         results.setdefault((repo, "fetch --to"), []).append((time.perf_counter() - t0, None, None))
         shutil.rmtree(target, ignore_errors=True)
 
-        drop_tree(a)
-        drop_tree(b)
-        settle()
-        terminals, ready, wall, report = boot(a, f"first-{run}")
-        trees[f"{repo[1:]}"] = report["steps"][0]["detail"]
-        results.setdefault((repo, "first boot"), []).append((terminals, ready, wall))
-        rm(f"first-{run}")
-
-        terminals, ready, wall, _ = boot(a, f"warm-{run}")
-        results.setdefault((repo, "materialized"), []).append((terminals, ready, wall))
-        rm(f"warm-{run}")
-
-        drop_tree(b)
-        settle()
-        terminals, ready, wall, report = boot(b, f"sibling-{run}")
-        trees[f"{repo[1:]} sibling"] = report["steps"][0]["detail"]
-        results.setdefault((repo, "sibling"), []).append((terminals, ready, wall))
-        rm(f"sibling-{run}")
+        trees[repo[1:]] = timed(repo, run, "first boot", a, [a, b])
+        timed(repo, run, "materialized", a, [])
+        trees[f"{repo[1:]} sibling"] = timed(repo, run, "sibling", b, [b])
 
         started, ready = docker_run(repo, image, f"bench-docker-{repo}-{run}")
         results.setdefault((repo, "docker run"), []).append((started, ready, None))

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use envbuild_builder::boot;
 use envbuild_builder::engine::{ContainerEngine, ContainerInfo, ExecSpec, PortMapping};
 use envbuild_builder::{pipeline, workspace};
-use envbuild_secrets::{Redactor, Scope, records};
+use envbuild_secrets::{Patterns, Redactor, Scope, records};
 use futures::StreamExt;
 use serde::Serialize;
 
@@ -138,10 +138,9 @@ async fn terminal_states(found: &Found, terminals: &[String]) -> Vec<String> {
                 })
                 .collect()
         }
-        Found::Docker(engine, info) => boot::terminal_states(engine, &info.id, terminals).await.map_or_else(
-            |_| vec!["unknown".to_owned(); terminals.len()],
-            |states| states.into_iter().map(|(_, s)| s).collect(),
-        ),
+        Found::Docker(engine, info) => boot::terminal_states(engine, &info.id, terminals)
+            .await
+            .unwrap_or_else(|_| vec!["unknown".to_owned(); terminals.len()]),
     }
 }
 
@@ -189,7 +188,7 @@ pub async fn logs(
         }
     }
     // The logs are redacted with the secrets the environment was booted with.
-    let mut redactor = redactor(session, &info).await?;
+    let mut redactor = Redactor::new(patterns(session, &info).await?);
     let write = |out: &mut (dyn Write + Send), bytes: &[u8]| {
         out.write_all(bytes).and_then(|()| out.flush()).map_err(Error::io("cannot write the logs"))
     };
@@ -282,7 +281,6 @@ pub async fn exec(session: &Session, name: &str, cmd: &[String], tty: bool) -> R
         "envbuild".to_owned(),
     ];
     argv.extend(cmd.iter().cloned());
-    let mut redactors = (redactor(session, &info).await?, redactor(session, &info).await?);
     match &found {
         // A terminal is the user's own: what they print there is theirs to see.
         Found::Runc(runc, _) if tty => {
@@ -292,6 +290,8 @@ pub async fn exec(session: &Session, name: &str, cmd: &[String], tty: bool) -> R
             Ok(status.code().unwrap_or(1))
         }
         Found::Runc(runc, _) => {
+            // The patterns first: nothing runs whose output could not be masked.
+            let patterns = patterns(session, &info).await?;
             let mut command =
                 runc.exec_command(&info.id, &user.engine_spec(), pipeline::WORKSPACE, &argv, false)?;
             command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
@@ -299,7 +299,7 @@ pub async fn exec(session: &Session, name: &str, cmd: &[String], tty: bool) -> R
             let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
                 return Err(Error::Failed("the command's output pipes are missing".into()));
             };
-            let (mut out_mask, mut err_mask) = redactors;
+            let (mut out_mask, mut err_mask) = (Redactor::new(patterns.clone()), Redactor::new(patterns));
             let (a, b) = tokio::join!(
                 masked_copy(stdout, &mut out_mask, std::io::stdout()),
                 masked_copy(stderr, &mut err_mask, std::io::stderr())
@@ -316,6 +316,8 @@ pub async fn exec(session: &Session, name: &str, cmd: &[String], tty: bool) -> R
                 working_dir: Some(pipeline::WORKSPACE.to_owned()),
                 ..ExecSpec::default()
             };
+            let patterns = patterns(session, &info).await?;
+            let mut redactors = (Redactor::new(patterns.clone()), Redactor::new(patterns));
             let (exec, mut output) = engine.exec(&info.id, &spec).await?;
             while let Some(item) = output.next().await {
                 match item? {
@@ -340,14 +342,15 @@ pub async fn exec(session: &Session, name: &str, cmd: &[String], tty: bool) -> R
     }
 }
 
-/// A redactor with the secrets of the scopes environment `info` was booted in.
-async fn redactor(session: &Session, info: &ContainerInfo) -> Result<Redactor> {
+/// The secret patterns of the scopes environment `info` was booted in: what its output is
+/// masked with.
+async fn patterns(session: &Session, info: &ContainerInfo) -> Result<Patterns> {
     let scopes: Vec<Scope> = parts(info, boot::SCOPES_LABEL).iter().filter_map(|s| s.parse().ok()).collect();
     let found = records::list(&*session.store, &scopes).await?;
     let loaded = build::open_secrets(session, found).await.map_err(|e| {
         e.context("output is shown only redacted, and the secrets to redact it with cannot be read")
     })?;
-    Ok(Redactor::new(records::patterns(&loaded)?))
+    Ok(records::patterns(&loaded)?)
 }
 
 fn write_out(out: &mut dyn Write, bytes: &[u8]) -> Result<()> {
@@ -411,7 +414,7 @@ pub async fn resources(session: &Session) -> Result<Resources> {
                 "stopped"
             } else if r.complete {
                 "booted"
-            } else if runtime::trees::alive(r.maker) {
+            } else if runtime::alive(r.maker) {
                 "booting"
             } else {
                 "interrupted"
@@ -425,7 +428,7 @@ pub async fn resources(session: &Session) -> Result<Resources> {
         .filter_map(|line| line.split(' ').nth(4).map(PathBuf::from))
         .filter(|p| p.starts_with(&root))
         .collect();
-    let containers = runc.containers("").await?.into_iter().map(|c| c.id).collect();
+    let containers = runc.container_ids().await?;
     let mut docker_images = Vec::new();
     if let Ok(engine) = session.engine.get().await
         && let Ok(images) = engine.labelled_images(pipeline::SNAPSHOT_LABEL).await
@@ -438,7 +441,7 @@ pub async fn resources(session: &Session) -> Result<Resources> {
         trees: Trees::new(layout).list(),
         mounts,
         network_namespaces: runtime::net::list_netns(&runc.netns_prefix()),
-        pasta: records.iter().filter_map(|r| r.pasta_pid).filter(|p| runtime::trees::alive(*p)).collect(),
+        pasta: records.iter().filter_map(|r| r.pasta_pid).filter(|p| runtime::alive(*p)).collect(),
         containers,
         root,
     })
@@ -495,7 +498,7 @@ pub async fn sweep() -> Result<Swept> {
     let runc = Runc::new(layout.clone());
     let mut swept = Swept::default();
     for record in runc.records() {
-        if !record.complete && !record.stopped && !runtime::trees::alive(record.maker) {
+        if !record.complete && !record.stopped && !runtime::alive(record.maker) {
             runc.teardown(&record.name, true).await?;
             swept.environments.push(record.name);
         }

@@ -307,16 +307,16 @@ pub fn listening_in(table: &str) -> Vec<u16> {
     ports
 }
 
-/// Each terminal's state as its runner last wrote it: `running`, or `exited CODE`; `unknown`
-/// when it has not written one.
+/// Each terminal's state as its runner last wrote it, in the order of `names`: `running`, or
+/// `exited CODE`; `unknown` when it has not written one.
 pub async fn terminal_states(
     engine: &Arc<dyn ContainerEngine>,
     container: &str,
     names: &[String],
-) -> Result<Vec<(String, String)>> {
-    let script = format!("for f in {}; do echo \"$(cat \"$f\" 2>/dev/null || echo unknown)\"; done", {
-        names.iter().map(|n| quote(&format!("{LOG_DIR}/{n}.state"))).collect::<Vec<_>>().join(" ")
-    });
+) -> Result<Vec<String>> {
+    let files: Vec<String> = names.iter().map(|n| quote(&format!("{LOG_DIR}/{n}.state"))).collect();
+    let script =
+        format!("for f in {}; do echo \"$(cat \"$f\" 2>/dev/null || echo unknown)\"; done", files.join(" "));
     let spec = ExecSpec {
         cmd: vec!["sh".into(), "-c".into(), script],
         user: Some("0:0".into()),
@@ -324,11 +324,9 @@ pub async fn terminal_states(
     };
     let (_, _, output) = crate::pipeline::exec_to_end(engine, container, &spec, None).await?;
     let said = String::from_utf8_lossy(&output);
-    Ok(names
-        .iter()
-        .cloned()
-        .zip(said.lines().map(|l| l.trim().to_owned()).chain(std::iter::repeat("unknown".to_owned())))
-        .collect())
+    let mut states: Vec<String> = said.lines().map(|l| l.trim().to_owned()).take(names.len()).collect();
+    states.resize(names.len(), "unknown".to_owned());
+    Ok(states)
 }
 
 /// The output of log `name` (a terminal, `start`), or of all logs, following when asked.

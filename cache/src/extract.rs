@@ -440,20 +440,12 @@ impl Extractor {
         }
     }
 
-    /// Owner, mode, extended attributes and times, through an open descriptor.
     /// Reads a regular file whole into the pending batch; hashes and places the batch when it
     /// is full.
     fn queue(&mut self, entry: &Entry, tar: &mut TarReader<&mut dyn Read>) -> Result<()> {
         // Straight into a buffer of the declared size (bounded by MAX_SHARED_FILE).
         let mut data = vec![0u8; usize::try_from(entry.size).unwrap_or(0)];
-        let mut filled = 0;
-        while filled < data.len() {
-            let n = tar.read_data(&mut data[filled..])?;
-            if n == 0 {
-                break;
-            }
-            filled += n;
-        }
+        let filled = tar.read_data_into(&mut data)?;
         data.truncate(filled);
         self.pending_bytes += data.len();
         self.pending.push(Pending { entry: entry.clone(), data });
@@ -539,6 +531,7 @@ impl Extractor {
         Ok(())
     }
 
+    /// Owner, mode, extended attributes and times, through an open descriptor.
     fn apply_fd(&mut self, fd: std::os::fd::BorrowedFd<'_>, entry: &Entry) -> Result<()> {
         if self.options.same_owner {
             let (uid, gid) = ids(entry.uid, entry.gid, &entry.path)?;

@@ -199,14 +199,7 @@ pub async fn read_file(
             // The size was checked against `max` in the table of contents; the stream must agree.
             let size = usize::try_from(found.size.min(entry.size)).unwrap_or(0);
             let mut data = vec![0u8; size];
-            let mut filled = 0;
-            while filled < data.len() {
-                let n = reader.read_data(&mut data[filled..])?;
-                if n == 0 {
-                    break;
-                }
-                filled += n;
-            }
+            let filled = reader.read_data_into(&mut data)?;
             if (filled as u64) < found.size {
                 return Err(TarError::Truncated { offset: found.data_offset, context: path.to_owned() });
             }

@@ -101,21 +101,11 @@ impl Runc {
         command
     }
 
-    /// Runs `runc ARGS` to its end.
+    /// Runs `runc ARGS` to its end; its output.
     async fn runc(&self, operation: &str, args: &[&str]) -> Result<Vec<u8>, EngineError> {
-        let out = self
-            .command()
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output()
-            .await
-            .map_err(|e| failed(operation, format!("cannot run runc: {e}")))?;
-        if !out.status.success() {
-            return Err(failed(operation, String::from_utf8_lossy(&out.stderr).trim()));
-        }
-        Ok(out.stdout)
+        let mut command = self.command();
+        command.args(args);
+        super::run(operation, "runc", command).await
     }
 
     fn record_path(&self, name: &str) -> PathBuf {
@@ -166,6 +156,11 @@ impl Runc {
         Ok(states.unwrap_or_default())
     }
 
+    /// The ids of runc's containers in this runtime directory, with a record or without.
+    pub async fn container_ids(&self) -> Result<Vec<String>, EngineError> {
+        Ok(self.states().await?.into_iter().map(|s| s.id).collect())
+    }
+
     async fn state(&self, name: &str) -> Result<Option<RuncState>, EngineError> {
         Ok(self.states().await?.into_iter().find(|s| s.id == name))
     }
@@ -199,8 +194,8 @@ impl Runc {
     }
 
     /// Undoes what the record says was made, newest first, keeping the upper directory and
-    /// the record (marked stopped) unless `remove`. Each step runs whatever failed before it:
-    /// the first failure is returned at the end.
+    /// the record (marked stopped) unless `remove`. Each step runs even when one before it
+    /// failed; the first failure is returned at the end.
     pub async fn teardown(&self, name: &str, remove: bool) -> Result<(), EngineError> {
         let dir = self.layout.env(name);
         let Some(mut record) = self.record(name) else {

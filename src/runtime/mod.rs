@@ -115,6 +115,41 @@ pub fn which(name: &str) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
+/// Runs `command` (`shown` in messages) to its end: its standard output (unless the caller
+/// sent that elsewhere), or its standard error as the reason it failed.
+pub(crate) async fn run(
+    operation: &str,
+    shown: &str,
+    mut command: tokio::process::Command,
+) -> Result<Vec<u8>, envbuild_builder::engine::EngineError> {
+    use envbuild_builder::engine::EngineError;
+    let out = command
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .await
+        .map_err(|e| EngineError::Runtime {
+            operation: operation.into(),
+            message: format!("cannot run `{shown}`: {e}"),
+        })?;
+    if out.status.success() {
+        return Ok(out.stdout);
+    }
+    Err(EngineError::Runtime {
+        operation: operation.into(),
+        message: format!(
+            "`{shown}` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+    })
+}
+
+/// Whether process `pid` is running (a record's maker, a pasta).
+pub fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
 /// Whether an environment name is one runc, a directory and a network namespace all take.
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()

@@ -147,28 +147,10 @@ pub fn resolv_conf() -> String {
     out
 }
 
-/// Runs a tool to its end; its standard error is the message of a failure.
-pub async fn run(operation: &str, program: &str, args: &[&str]) -> Result<(), EngineError> {
-    let out = tokio::process::Command::new(super::which(program).unwrap_or_else(|| PathBuf::from(program)))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .await
-        .map_err(|e| EngineError::Runtime {
-            operation: operation.into(),
-            message: format!("cannot run `{program}`: {e}"),
-        })?;
-    if out.status.success() {
-        return Ok(());
-    }
-    Err(EngineError::Runtime {
-        operation: operation.into(),
-        message: format!(
-            "`{program}` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ),
-    })
+/// Runs a tool to its end (its output goes nowhere: pasta's daemon keeps what it inherits).
+async fn run(operation: &str, program: &str, args: &[&str]) -> Result<(), EngineError> {
+    let mut command =
+        tokio::process::Command::new(super::which(program).unwrap_or_else(|| PathBuf::from(program)));
+    command.args(args).stdout(Stdio::null());
+    super::run(operation, program, command).await.map(drop)
 }

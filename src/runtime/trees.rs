@@ -214,7 +214,9 @@ impl Trees {
         if let Ok(entries) = std::fs::read_dir(self.layout.trees()) {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with(".removing-") && pid_of_leftover(&name).is_none_or(|pid| !alive(pid)) {
+                if name.starts_with(".removing-")
+                    && pid_of_leftover(&name).is_none_or(|pid| !super::alive(pid))
+                {
                     let _ = std::fs::remove_dir_all(e.path());
                 }
             }
@@ -231,11 +233,6 @@ impl Trees {
 /// The pid at the end of a `.removing-NAME-PID` leftover.
 fn pid_of_leftover(name: &str) -> Option<u32> {
     name.rsplit_once('-')?.1.parse().ok()
-}
-
-/// Whether process `pid` is running.
-pub fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// Objects no tree links (a link count of one): removed; their bytes.

@@ -54,6 +54,13 @@ impl Host {
             .unwrap()
     }
 
+    /// `ps --json`'s environments on this runtime (tests on the shared Docker engine run
+    /// beside these, and `ps` lists both engines).
+    fn ps(&self) -> Vec<serde_json::Value> {
+        let ps: serde_json::Value = json(&self.eb().args(["ps", "--json"]).output().unwrap());
+        ps.as_array().unwrap().iter().filter(|e| e["engine"] == "runc").cloned().collect()
+    }
+
     /// What runc, the kernel and the runtime directory hold for this runtime, one line each.
     fn leftovers(&self) -> Vec<String> {
         let root = self.runtime();
@@ -178,10 +185,9 @@ async fn two_environments_of_one_app_serve_their_port_side_by_side() {
     assert_eq!(steps, ["tree", "container", "install", "start", "terminals", "ready"]);
     // The second boot found the tree in place.
     assert!(b["steps"][0]["detail"].as_str().unwrap().contains("already"), "{b}");
-    let ps: serde_json::Value = json(&host.eb().args(["ps", "--json"]).output().unwrap());
-    let listed = ps.as_array().unwrap();
-    assert_eq!(listed.len(), 2);
-    for env in listed {
+    let listed = host.ps();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    for env in &listed {
         assert_eq!(env["running"], true);
         assert_eq!(env["terminal_states"], serde_json::json!(["running"]), "{env}");
         assert_eq!(env["ports"][0]["container"], 8080);
@@ -292,7 +298,8 @@ async fn stop_keeps_the_logs_until_rm_and_rm_and_gc_leave_nothing() {
     let Some(host) = Host::new().await else { return };
     assert!(host.boot("life", &[]).status.success());
     assert!(host.eb().args(["stop", "life"]).output().unwrap().status.success());
-    let ps: serde_json::Value = json(&host.eb().args(["ps", "--json"]).output().unwrap());
+    let ps = host.ps();
+    assert_eq!(ps.len(), 1, "{ps:?}");
     assert_eq!(ps[0]["running"], false);
     assert_eq!(ps[0]["terminal_states"], serde_json::json!(["stopped"]));
     // Stopped: no process, mount, network or pasta, only the directory with what it wrote.
@@ -348,6 +355,7 @@ async fn a_boot_killed_mid_way_leaves_nothing_gc_does_not_remove() {
     assert!(!host.leftovers().is_empty(), "a kill -9 leaves the environment's parts");
     let all: serde_json::Value = json(&host.eb().args(["ps", "--all", "--json"]).output().unwrap());
     assert_eq!(all["runtime"]["environments"][0]["state"], "interrupted", "{all}");
+    assert_eq!(all["runtime"]["containers"], serde_json::json!(["killed"]), "{all}");
     let gc = host.eb().args(["gc", "--json"]).output().unwrap();
     let gc: serde_json::Value = json(&gc);
     assert_eq!(gc["runtime"]["environments"], serde_json::json!(["killed"]), "{gc}");

@@ -294,6 +294,19 @@ impl<R: Read> TarReader<R> {
         Ok(n)
     }
 
+    /// Fills `buf` from the current entry's data, as far as the data goes; how much it filled.
+    pub fn read_data_into(&mut self, buf: &mut [u8]) -> Result<usize, TarError> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            let n = self.read_data(&mut buf[filled..])?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        Ok(filled)
+    }
+
     /// Skips the rest of the current entry's data and its padding.
     fn skip_rest(&mut self) -> Result<(), TarError> {
         let mut scratch = std::mem::take(&mut self.scratch);
